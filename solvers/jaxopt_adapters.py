@@ -1,0 +1,129 @@
+"""jaxopt's fixed-point solvers, run inside the shared loop of :mod:`solvers.loop`.
+
+A jaxopt solver advances with ``solver.update(params, state)``, which evaluates
+its function exactly once, at a point it computes itself (Anderson's
+extrapolation, Broyden's step, or ``params`` for plain iteration). To run jaxopt's
+algorithm per row while evaluating ``f`` once on the whole batch, each iteration
+
+1. finds that query point ``q`` per row by running ``update`` with a function that
+   only records its argument (under ``jax.vmap`` over rows);
+2. evaluates ``f(q)`` on the whole batch;
+3. runs ``update`` per row again with a function that returns the ``f(q)`` row.
+
+The two ``update`` traces compute the same ``q``; XLA shares the common work.
+Stopping, best-iterate tracking and statistics come from the shared loop, so the
+numbers compare one to one with ``"broyden"``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Mapping
+
+import jax
+
+from solvers.factory import rule_solver
+from solvers.loop import FlatMap, Matrix, Rule
+from solvers.options import Option, positive_float, positive_int
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is in maintenance mode
+    import jaxopt
+
+# make(fun) -> a jaxopt solver for the per-row function ``fun``; ``fun`` maps a row
+# to what the jaxopt solver expects: f(row) for fixed-point solvers, f(row) − row
+# for root finders.
+SolverMaker = Callable[[Callable[[jax.Array], jax.Array]], Any]
+
+
+def jaxopt_rule(make: SolverMaker, root_finder: bool) -> Rule:
+    """The :class:`Rule` that runs the jaxopt solver ``make(fun)`` row by row."""
+
+    def fun_returning(fz_row: jax.Array) -> Callable[[jax.Array], jax.Array]:
+        return (lambda p: fz_row - p) if root_finder else (lambda p: fz_row)
+
+    def query_point(params: jax.Array, state: Any) -> jax.Array:
+        seen = []
+
+        def record(p: jax.Array) -> jax.Array:
+            seen.append(p)
+            return p
+
+        make(record).update(params, state)
+        if len(seen) != 1:
+            raise RuntimeError(
+                f"the jaxopt solver evaluated its function {len(seen)} times in one update; "
+                "the adapter supports exactly one evaluation per update"
+            )
+        return seen[0]
+
+    def advance(params: jax.Array, state: Any, fz_row: jax.Array) -> tuple[jax.Array, Any]:
+        step = make(fun_returning(fz_row)).update(params, state)
+        return step.params, step.state
+
+    def init(z: Matrix, fz: Matrix) -> tuple[Matrix, Any]:
+        state = jax.vmap(lambda z_row, fz_row: make(fun_returning(fz_row)).init_state(z_row))(
+            z, fz
+        )
+        return z, state
+
+    def step(
+        f: FlatMap, z: Matrix, fz: Matrix, carried: tuple[Matrix, Any], active: jax.Array
+    ) -> tuple[Matrix, Matrix, tuple[Matrix, Any], jax.Array]:
+        params, state = carried
+        query = jax.vmap(query_point)(params, state)
+        f_query = f(query)
+        params, state = jax.vmap(advance)(params, state, f_query)
+        return query, f_query, (params, state), jax.numpy.ones(z.shape[:1], jax.numpy.int32)
+
+    return Rule(init, step)
+
+
+def _jaxopt_solver(
+    name: str, declared: Mapping[str, Option], build: Callable[[Callable, Mapping], Any],
+    root_finder: bool = False,
+):
+    def make_rule(options: Mapping[str, Any]) -> Rule:
+        return jaxopt_rule(lambda fun: build(fun, options), root_finder)
+
+    return rule_solver(name, declared, make_rule)
+
+
+fixed_point = _jaxopt_solver(
+    "fixed_point",
+    {},
+    lambda fun, o: jaxopt.FixedPointIteration(fun, maxiter=o["max_iter"], tol=o["tol"], jit=False),
+)
+
+anderson = _jaxopt_solver(
+    "anderson",
+    {
+        "history": Option(5, (int,), lambda v: v >= 2, "an integer >= 2", "past iterates mixed"),
+        "beta": positive_float(1.0, "mixing (damping) of the extrapolated residual"),
+        "ridge": Option(
+            1e-5, (int, float), lambda v: v >= 0, "a number >= 0",
+            "Tikhonov term of the mixing least-squares problem",
+        ),
+        "mixing_frequency": positive_int(1, "take an Anderson step every this many iterations"),
+    },
+    lambda fun, o: jaxopt.AndersonAcceleration(
+        fun, history_size=o["history"], beta=o["beta"], ridge=o["ridge"],
+        mixing_frequency=o["mixing_frequency"], maxiter=o["max_iter"], tol=o["tol"], jit=False,
+    ),
+)
+
+jaxopt_broyden = _jaxopt_solver(
+    "jaxopt_broyden",
+    {
+        "history": positive_int(30, "rank-one terms kept (jaxopt's history_size)"),
+        "gamma": Option(
+            -1.0, (int, float), lambda v: v != 0, "a non-zero number",
+            "initial inverse Jacobian gamma·I of g(z) = f(z) − z (−1 is exact for f ≈ 0)",
+        ),
+    },
+    lambda fun, o: jaxopt.Broyden(
+        fun, history_size=o["history"], gamma=o["gamma"], stepsize=1.0,
+        maxiter=o["max_iter"], tol=o["tol"], jit=False,
+    ),
+    root_finder=True,
+)

@@ -1,0 +1,56 @@
+"""The result of a fixed-point solve: the solution and its statistics.
+
+Every solver in the registry returns a :class:`Solution` whose ``stats`` are
+computed by the shared loop in :mod:`solvers.loop`, so numbers from different
+solvers can be compared one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+
+PyTree = Any
+
+
+class Stats(NamedTuple):
+    """Statistics of a solve of ``z = f(z, *args)``.
+
+    With ``batch_axis=None`` every field is a scalar (``trace`` has shape
+    ``(max_iter + 1,)``); with ``batch_axis=0`` every field has a leading axis
+    of size ``batch`` (``trace`` has shape ``(batch, max_iter + 1)``).
+
+    Attributes:
+      steps: iterations taken (a line-search trial is not an iteration).
+      fevals: evaluations of ``f`` spent on the sample, ``f(z0)`` included.
+      abs_residual: ``‖f(z) − z‖`` at the returned ``z``.
+      rel_residual: ``‖f(z) − z‖ / ‖f(z)‖`` at the returned ``z``.
+      converged: whether the stop-mode residual of the returned ``z`` is ``≤ tol``.
+      trace: ``trace[k]`` is the lowest stop-mode residual seen after ``k``
+        iterations (``trace[0]`` is the residual of ``z0``), so it is
+        non-increasing; after the solve stopped it is padded with its last value.
+    """
+
+    steps: jax.Array
+    fevals: jax.Array
+    abs_residual: jax.Array
+    rel_residual: jax.Array
+    converged: jax.Array
+    trace: jax.Array
+
+
+class Solution(NamedTuple):
+    """A fixed point ``value`` (same pytree, shapes and dtypes as ``z0``) and its ``stats``."""
+
+    value: PyTree
+    stats: Stats
+
+
+class SolveFn(Protocol):
+    """``solve(f, z0, *args) -> Solution`` finds ``z = f(z, *args)`` starting from ``z0``."""
+
+    def __call__(self, f: Callable[..., PyTree], z0: PyTree, *args: PyTree) -> Solution: ...
+
+
+SolverFactory = Callable[..., SolveFn]
