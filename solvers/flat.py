@@ -47,7 +47,7 @@ def flat_view(z0: PyTree, batch_axis: Optional[int]) -> FlatView:
         parts = jnp.split(matrix, offsets, axis=1) if offsets else [matrix]
         leaves = [
             jnp.reshape(part, shape).astype(leaf_dtype)
-            for part, shape, leaf_dtype in zip(parts, shapes, dtypes)
+            for part, shape, leaf_dtype in zip(parts, shapes, dtypes, strict=True)
         ]
         return jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -27,7 +27,10 @@ from solvers.loop import FlatMap, Matrix, Rule
 from solvers.options import Option, positive_float, positive_int
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is in maintenance mode
+    # jaxopt warns on import that it is unmaintained; silence exactly that message.
+    warnings.filterwarnings(
+        "ignore", message="JAXopt is no longer maintained", category=DeprecationWarning
+    )
     import jaxopt
 
 # make(fun) -> a jaxopt solver for the per-row function ``fun``; ``fun`` maps a row

@@ -63,7 +63,9 @@ def check_same_structure(
             f"{other_name} must have the pytree structure of {reference_name}: "
             f"{reference_name} is {ref_def} but {other_name} is {other_def}"
         )
-    for (path, ref), (_, got) in zip(_leaves_with_paths(reference), _leaves_with_paths(other)):
+    for (path, ref), (_, got) in zip(
+        _leaves_with_paths(reference), _leaves_with_paths(other), strict=True
+    ):
         ref_shape, got_shape = jnp.shape(ref), jnp.shape(got)
         ref_dtype, got_dtype = jnp.result_type(ref), jnp.result_type(got)
         if ref_shape != got_shape or ref_dtype != got_dtype:
