@@ -1,18 +1,30 @@
 """Limited-memory ("good") Broyden for ``z = f(z)``: the root of ``g(z) = f(z) − z``.
 
 The inverse Jacobian of ``g`` is approximated per row by ``J⁻¹ ≈ −I + Σᵢ uᵢ vᵢᵀ``
-with the last ``history`` rank-one terms kept in a ring buffer (memory
-``O(history · size)``). From ``z`` with ``d = −J⁻¹ g(z)`` the step is
+with at most ``history`` rank-one terms in a ring buffer (memory
+``O(history · size)``). From ``z`` with ``d = −J⁻¹ g(z)`` the trial point is
 ``z⁺ = z + α d`` (``α = 1``, or backtracking on ``‖g‖``), and with
 ``Δz = z⁺ − z``, ``Δg = g(z⁺) − g(z)`` the good-Broyden (Sherman–Morrison) update is
 
     v = J⁻ᵀ Δz,   u = (Δz − J⁻¹ Δg) / (vᵀ Δg),   J⁻¹ ← J⁻¹ + u vᵀ.
 
-Because ``J⁻¹ g(z) = −d`` is already known, ``J⁻¹ Δg = J⁻¹ g(z⁺) + d`` and the next
-direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᵀ g(z⁺)))`` needs no further pass over the
-buffers: one step reads each buffer twice. The first step (``J⁻¹ = −I``) is one
-plain fixed-point step ``z⁺ = f(z)``. A rank-one term that is not finite or has a
-vanishing denominator is dropped, never stored.
+The first step (``J⁻¹ = −I``) is one plain fixed-point step ``z⁺ = f(z)``.
+
+Cost: ``J⁻¹ g(z) = −d`` is already known, so ``J⁻¹ Δg = J⁻¹ g(z⁺) + d`` and the next
+direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᵀ g(z⁺)))`` need no extra pass: an iteration
+reads each buffer twice, plus one evaluation of ``f``.
+
+Safeguards:
+* when the buffer is full, the slot of the newest term is reused, so the earliest
+  terms (which capture the slowest modes) are kept (``when_full="replace_newest"``;
+  ``"replace_oldest"`` is the classic FIFO). The term leaving the buffer is removed
+  from ``J⁻¹`` before the update, so the buffer always represents exactly the
+  inverse that produced the current direction;
+* a trial point whose ``‖g‖`` exceeds ``max_increase`` times the current one is
+  rejected: ``z`` stays, but the secant pair still updates ``J⁻¹`` (no extra
+  evaluation of ``f``);
+* a rank-one term that is not finite or has a vanishing denominator is dropped,
+  never stored; a non-finite direction is replaced by zero.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import jax.numpy as jnp
 
 from solvers.factory import rule_solver
 from solvers.loop import FlatMap, Matrix, Rule, bounded_while, row_norm
-from solvers.options import flag, positive_int
+from solvers.options import Option, choice, flag, positive_int
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
 
@@ -37,8 +49,13 @@ class BroydenState(NamedTuple):
 
 
 def _line_search(
-    f: FlatMap, z: Matrix, g_norm: jax.Array, direction: Matrix, active: jax.Array,
-    max_trials: int, fixed_length: bool,
+    f: FlatMap,
+    z: Matrix,
+    g_norm: jax.Array,
+    direction: Matrix,
+    active: jax.Array,
+    max_trials: int,
+    fixed_length: bool,
 ) -> tuple[Matrix, Matrix, jax.Array]:
     """Halve ``α`` from 1 until ``‖g(z + α d)‖ ≤ (1 − c α) ‖g(z)‖``; keep the best trial."""
 
@@ -53,7 +70,7 @@ def _line_search(
     alpha = jnp.ones_like(g_norm)
     z_t, fz_t, norm = trial(alpha)
     searching = active & ~accepted(alpha, norm)
-    fevals = jnp.ones_like(g_norm, dtype=jnp.int32)
+    fevals = jnp.ones(g_norm.shape, jnp.int32)
 
     def body(c: tuple) -> tuple:
         alpha, searching, fevals, z_best, fz_best, best_norm = c
@@ -69,17 +86,17 @@ def _line_search(
             jnp.where(better, norm, best_norm),
         )
 
-    carry = (alpha, searching, fevals, z_t, fz_t, jnp.where(jnp.isfinite(norm), norm, jnp.inf))
-    carry = bounded_while(
-        lambda c: jnp.any(c[1]), body, carry, max_trials - 1, fixed_length
-    )
+    best_norm = jnp.where(jnp.isfinite(norm), norm, jnp.inf)
+    carry = (alpha, searching, fevals, z_t, fz_t, best_norm)
+    carry = bounded_while(lambda c: jnp.any(c[1]), body, carry, max_trials - 1, fixed_length)
     _, _, fevals, z_best, fz_best, _ = carry
     return z_best, fz_best, fevals
 
 
 def broyden_rule(options: Mapping[str, Any]) -> Rule:
-    """The :class:`Rule` of limited-memory good Broyden with ``options['history']`` terms."""
+    """The :class:`Rule` of limited-memory good Broyden (see the module docstring)."""
     history = min(options["history"], options["max_iter"])
+    keep_earliest = options["when_full"] == "replace_newest"
 
     def init(z: Matrix, fz: Matrix) -> BroydenState:
         batch, size = z.shape
@@ -103,25 +120,40 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         g_new = fz_new - z_new
         dz, dg = z_new - z, g_new - g
 
-        inv_j_g_new = -g_new + jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.v, g_new), state.u)
-        inv_j_dg = inv_j_g_new + direction
-        v = -dz + jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.u, dz), state.v)
+        # Remove the term in the slot about to be written (zero while the buffer fills),
+        # so every product below uses the same inverse J⁻¹' = J⁻¹ − u_old v_oldᵀ.
+        kept = (jnp.arange(history) != state.slot).astype(z.dtype)
+        u_old, v_old = state.u[:, state.slot], state.v[:, state.slot]
+        inv_j_g = -direction - u_old * jnp.sum(v_old * g, axis=1, keepdims=True)
+        inv_j_g_new = -g_new + jnp.einsum(
+            "bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.v, g_new) * kept, state.u
+        )
+        v = -dz + jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.u, dz) * kept, state.v)
         denominator = jnp.sum(v * dg, axis=1)
-        tiny = jnp.finfo(z.dtype).tiny
-        usable = jnp.isfinite(denominator) & (jnp.abs(denominator) > tiny)
-        u = (dz - inv_j_dg) / jnp.where(usable, denominator, 1)[:, None]
+        usable = jnp.isfinite(denominator) & (jnp.abs(denominator) > jnp.finfo(z.dtype).tiny)
+        u = (dz - (inv_j_g_new - inv_j_g)) / jnp.where(usable, denominator, 1)[:, None]
         keep = active & usable & jnp.all(jnp.isfinite(u) & jnp.isfinite(v), axis=1)
         u = jnp.where(keep[:, None], u, 0)
         v = jnp.where(keep[:, None], v, 0)
-        next_direction = -(inv_j_g_new + u * jnp.sum(v * g_new, axis=1, keepdims=True))
+
+        accept = row_norm(g_new) <= options["max_increase"] * row_norm(g)
+        g_next = jnp.where(accept[:, None], g_new, g)
+        inv_j_g_next = jnp.where(accept[:, None], inv_j_g_new, inv_j_g)
+        next_direction = -(inv_j_g_next + u * jnp.sum(v * g_next, axis=1, keepdims=True))
         next_direction = jnp.where(jnp.isfinite(next_direction), next_direction, 0)
+        if keep_earliest:
+            next_slot = jnp.minimum(state.slot + 1, history - 1)
+        else:
+            next_slot = (state.slot + 1) % history
         new_state = BroydenState(
             u=state.u.at[:, state.slot].set(u),
             v=state.v.at[:, state.slot].set(v),
             direction=next_direction,
-            slot=(state.slot + 1) % history,
+            slot=next_slot,
         )
-        return z_new, fz_new, new_state, fevals
+        z_next = jnp.where(accept[:, None], z_new, z)
+        fz_next = jnp.where(accept[:, None], fz_new, fz)
+        return z_next, fz_next, new_state, fevals
 
     return Rule(init, step)
 
@@ -130,6 +162,15 @@ broyden = rule_solver(
     "broyden",
     {
         "history": positive_int(30, "rank-one terms kept in the inverse-Jacobian ring buffer"),
+        "when_full": choice(
+            "replace_newest",
+            ("replace_newest", "replace_oldest"),
+            "which term a full buffer gives up: the newest (keeps the slow modes) or the oldest",
+        ),
+        "max_increase": Option(
+            1.0, (int, float), lambda v: v >= 1, "a number >= 1",
+            "reject a trial point whose ‖f(z) − z‖ grows by more than this factor",
+        ),
         "line_search": flag(False, "backtrack on ‖f(z) − z‖ instead of always taking α = 1"),
         "ls_max_steps": positive_int(6, "line-search trials per iteration (α = 1, 1/2, ...)"),
     },

@@ -150,7 +150,7 @@ def iterate(rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions) -> tuple[M
         improved = move & (res_new < c.best)
         best = jnp.where(improved, res_new, c.best)
         k = c.k + 1
-        trace = lax.dynamic_update_slice(c.trace, best[:, None], (0, k))
+        trace = lax.dynamic_update_slice_in_dim(c.trace, best[:, None], k, axis=1)
         diverged = ~finite | (res_new > options.divergence_factor * c.initial)
         stalled = jnp.zeros_like(diverged)
         if options.stall_window:
