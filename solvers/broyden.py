@@ -110,7 +110,12 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         direction = jnp.where(active[:, None], state.direction, 0)
         if options["line_search"]:
             z_new, fz_new, fevals = _line_search(
-                f, z, row_norm(g), direction, active, options["ls_max_steps"],
+                f,
+                z,
+                row_norm(g),
+                direction,
+                active,
+                options["ls_max_steps"],
                 options["fixed_length"],
             )
         else:
@@ -168,7 +173,10 @@ broyden = rule_solver(
             "which term a full buffer gives up: the newest (keeps the slow modes) or the oldest",
         ),
         "max_increase": Option(
-            1.0, (int, float), lambda v: v >= 1, "a number >= 1",
+            1.0,
+            (int, float),
+            lambda v: v >= 1,
+            "a number >= 1",
             "reject a trial point whose ‖f(z) − z‖ grows by more than this factor",
         ),
         "line_search": flag(False, "backtrack on ‖f(z) − z‖ instead of always taking α = 1"),

@@ -65,9 +65,7 @@ def jaxopt_rule(make: SolverMaker, root_finder: bool) -> Rule:
         return step.params, step.state
 
     def init(z: Matrix, fz: Matrix) -> tuple[Matrix, Any]:
-        state = jax.vmap(lambda z_row, fz_row: make(fun_returning(fz_row)).init_state(z_row))(
-            z, fz
-        )
+        state = jax.vmap(lambda z_row, fz_row: make(fun_returning(fz_row)).init_state(z_row))(z, fz)
         return z, state
 
     def step(
@@ -83,7 +81,9 @@ def jaxopt_rule(make: SolverMaker, root_finder: bool) -> Rule:
 
 
 def _jaxopt_solver(
-    name: str, declared: Mapping[str, Option], build: Callable[[Callable, Mapping], Any],
+    name: str,
+    declared: Mapping[str, Option],
+    build: Callable[[Callable, Mapping], Any],
     root_finder: bool = False,
 ):
     def make_rule(options: Mapping[str, Any]) -> Rule:
@@ -104,14 +104,23 @@ anderson = _jaxopt_solver(
         "history": Option(5, (int,), lambda v: v >= 2, "an integer >= 2", "past iterates mixed"),
         "beta": positive_float(1.0, "mixing (damping) of the extrapolated residual"),
         "ridge": Option(
-            1e-5, (int, float), lambda v: v >= 0, "a number >= 0",
+            1e-5,
+            (int, float),
+            lambda v: v >= 0,
+            "a number >= 0",
             "Tikhonov term of the mixing least-squares problem",
         ),
         "mixing_frequency": positive_int(1, "take an Anderson step every this many iterations"),
     },
     lambda fun, o: jaxopt.AndersonAcceleration(
-        fun, history_size=o["history"], beta=o["beta"], ridge=o["ridge"],
-        mixing_frequency=o["mixing_frequency"], maxiter=o["max_iter"], tol=o["tol"], jit=False,
+        fun,
+        history_size=o["history"],
+        beta=o["beta"],
+        ridge=o["ridge"],
+        mixing_frequency=o["mixing_frequency"],
+        maxiter=o["max_iter"],
+        tol=o["tol"],
+        jit=False,
     ),
 )
 
@@ -120,13 +129,21 @@ jaxopt_broyden = _jaxopt_solver(
     {
         "history": positive_int(30, "rank-one terms kept (jaxopt's history_size)"),
         "gamma": Option(
-            -1.0, (int, float), lambda v: v != 0, "a non-zero number",
+            -1.0,
+            (int, float),
+            lambda v: v != 0,
+            "a non-zero number",
             "initial inverse Jacobian gamma·I of g(z) = f(z) − z (−1 is exact for f ≈ 0)",
         ),
     },
     lambda fun, o: jaxopt.Broyden(
-        fun, history_size=o["history"], gamma=o["gamma"], stepsize=1.0,
-        maxiter=o["max_iter"], tol=o["tol"], jit=False,
+        fun,
+        history_size=o["history"],
+        gamma=o["gamma"],
+        stepsize=1.0,
+        maxiter=o["max_iter"],
+        tol=o["tol"],
+        jit=False,
     ),
     root_finder=True,
 )

@@ -39,9 +39,7 @@ def positive_float(default: float, doc: str = "") -> Option:
 
 
 def unit_interval(default: float, doc: str = "") -> Option:
-    return Option(
-        default, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)", doc
-    )
+    return Option(default, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)", doc)
 
 
 def flag(default: bool, doc: str = "") -> Option:
@@ -65,8 +63,9 @@ COMMON_OPTIONS: dict[str, Option] = {
         "None: the whole pytree is one system; 0: per-sample systems along axis 0",
     ),
     "stall_window": nonnegative_int(
-        30, "stop a sample whose best residual fell by less than stall_tol over this many "
-        "iterations (0 disables)"
+        30,
+        "stop a sample whose best residual fell by less than stall_tol over this many "
+        "iterations (0 disables)",
     ),
     "stall_tol": unit_interval(1e-3, "relative progress that counts as not stalled"),
     "divergence_factor": positive_float(
