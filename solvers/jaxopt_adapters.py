@@ -11,6 +11,8 @@ algorithm per row while evaluating ``f`` once on the whole batch, each iteration
 3. runs ``update`` per row again with a function that returns the ``f(q)`` row.
 
 The two ``update`` traces compute the same ``q``; XLA shares the common work.
+Fixed-point solvers start from ``f(z0)`` (their first update would evaluate
+``f(z0)``, which the loop already has), root finders from ``z0``.
 Stopping, best-iterate tracking and statistics come from the shared loop, so the
 numbers compare one to one with ``"broyden"``.
 """
@@ -65,8 +67,13 @@ def jaxopt_rule(make: SolverMaker, root_finder: bool) -> Rule:
         return step.params, step.state
 
     def init(z: Matrix, fz: Matrix) -> tuple[Matrix, Any]:
-        state = jax.vmap(lambda z_row, fz_row: make(fun_returning(fz_row)).init_state(z_row))(z, fz)
-        return z, state
+        # A fixed-point solver's first update would evaluate f(z0), which the loop already
+        # has: start it from f(z0) instead. A root finder starts from z0 with g(z0) known.
+        params = z if root_finder else fz
+        state = jax.vmap(lambda p_row, fz_row: make(fun_returning(fz_row)).init_state(p_row))(
+            params, fz
+        )
+        return params, state
 
     def step(
         f: FlatMap, z: Matrix, fz: Matrix, carried: tuple[Matrix, Any], active: jax.Array

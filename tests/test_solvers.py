@@ -265,7 +265,7 @@ def test_single_system_stats_are_scalars():
 # Non-contractive but solvable linear maps: closed forms.
 
 
-@pytest.mark.parametrize("name", ["broyden", "jaxopt_broyden", "anderson"])
+@pytest.mark.parametrize("name", ["broyden", "jaxopt_broyden"])
 def test_scalar_map_with_slope_minus_two(name):
     """f(z) = −2z + 1 has z* = 1/3; plain iteration diverges from it."""
     solve = solvers.get(name, tol=1e-7, max_iter=50, stop_mode="abs")
@@ -294,6 +294,15 @@ def test_broyden_float64_reaches_tight_tolerance():
         exact = np.linalg.solve(np.eye(3) - np.asarray(a).T, np.asarray(b))
         assert sol.value.dtype == jnp.float64
         np.testing.assert_allclose(sol.value, exact, atol=1e-10)
+
+
+def test_fixed_point_iteration_takes_exactly_k_steps():
+    """After k steps plain iteration returns f^k(z0): z_k = 2 − 2^(1−k) for f(z) = z/2 + 1."""
+    for k in (1, 3, 6):
+        solve = solvers.get("fixed_point", max_iter=k, tol=1e-12, stall_window=0)
+        sol = solve(lambda z: 0.5 * z + 1.0, jnp.zeros(2))
+        np.testing.assert_allclose(sol.value, np.full(2, 2.0 - 2.0 ** (1 - k)), rtol=1e-6)
+        assert int(sol.stats.steps) == k and int(sol.stats.fevals) == k + 1
 
 
 def test_fixed_point_iteration_fails_gracefully_where_broyden_succeeds():

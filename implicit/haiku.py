@@ -1,0 +1,106 @@
+"""The fixed-point layer as a Haiku module: :class:`DEQ`.
+
+    class Block(hk.Module):
+        def __call__(self, z, x):                     # one weight-tied layer
+            return jnp.tanh(hk.Linear(d)(z) + x)
+
+    def forward(x):
+        z_star = DEQ(lambda z, x: Block()(z, x), solver="anderson", max_iter=30)(x)
+        return hk.Linear(10)(z_star)
+
+``fn(z, x, *extra) -> z`` builds its own modules. :class:`DEQ` transforms ``fn``
+and lifts its parameters once into the outer transform, so they sit in the outer
+params tree under the DEQ module's name exactly as if ``fn`` were called inside
+it (``"deq/block/~/linear"``). It then solves ``z* = fn(z*, x, *extra)`` with
+:func:`implicit.fixed_point`, so the parameters and ``x`` get the derivative of
+the chosen gradient mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from implicit.fixed_point import fixed_point
+from implicit.options import split_options
+from solvers.types import PyTree
+
+STATS_FIELDS = ("steps", "fevals", "abs_residual", "rel_residual", "converged")
+"""The statistics a DEQ with ``record_state=True`` stores with ``hk.set_state``."""
+
+
+class DEQ(hk.Module):
+    """A Deep Equilibrium layer: ``layer(x, z0=None, *extra)`` returns ``z* = fn(z*, x, *extra)``.
+
+    Args:
+      fn: ``fn(z, x, *extra) -> z``, returning the structure, shapes and dtypes of
+        ``z``; it creates its Haiku modules inside (do not close over modules
+        created outside). It must not use Haiku state.
+      solver: the forward solver, a name from ``solvers.available()``.
+      backward: the gradient mode, ``"implicit"``, ``"phantom"``, ``"jfb"`` or ``"unroll"``.
+      name: the module name (default ``"deq"``).
+      return_stats: return ``(z*, stats)`` instead of ``z*``; ``stats`` is the
+        :class:`solvers.Stats` of the forward solve (no gradient).
+      record_state: also store the statistics :data:`STATS_FIELDS` with
+        ``hk.set_state`` (then transform with ``hk.transform_with_state``).
+      **options: split by :func:`implicit.options.split_options`:
+        ``backward_solver``, ``backward_options``, ``phantom_steps`` and
+        ``phantom_damping`` configure the gradient mode (as the keywords of
+        :func:`implicit.fixed_point`); every other name (``max_iter``, ``tol``,
+        ``stop_mode``, ``batch_axis``, ``history``, ...) is an option of ``solver``
+        and is checked now: an unknown name raises ``TypeError`` listing the valid ones.
+
+    Randomness: when the transform is given an rng, one key is drawn per call
+    before the solve and ``fn`` is applied with that same key at every iteration,
+    so ``hk.next_rng_key()`` inside ``fn`` gives the same dropout mask throughout
+    the solve (variational dropout) and ``fn`` stays a fixed map.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., PyTree],
+        solver: str = "broyden",
+        backward: str = "implicit",
+        name: Optional[str] = None,
+        *,
+        return_stats: bool = False,
+        record_state: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(name=name)
+        self.fn = fn
+        self.solver = solver
+        self.backward = backward
+        self.return_stats = return_stats
+        self.record_state = record_state
+        self.solver_options, self.backward_kwargs = split_options(solver, options)
+        self._inner = hk.transform(fn)
+
+    def __call__(self, x: PyTree, z0: Optional[PyTree] = None, *extra: PyTree) -> Any:
+        """Solve ``z* = fn(z*, x, *extra)`` from ``z0`` (default: zeros shaped like ``x``)."""
+        if z0 is None:
+            z0 = jax.tree_util.tree_map(jnp.zeros_like, x)
+        init_key = hk.maybe_next_rng_key() if hk.running_init() else None
+        params = hk.experimental.transparent_lift(self._inner.init, allow_reuse=True)(
+            init_key, z0, x, *extra
+        )
+        key = hk.maybe_next_rng_key()
+        apply = self._inner.apply
+
+        def layer(z: PyTree, params: Any, x: PyTree, *extra: PyTree) -> PyTree:
+            return apply(params, key, z, x, *extra)
+
+        solution = fixed_point(
+            layer, z0, params, x, *extra,
+            solver=self.solver,
+            solver_options=self.solver_options,
+            backward=self.backward,
+            **self.backward_kwargs,
+        )
+        if self.record_state:
+            for field in STATS_FIELDS:
+                hk.set_state(field, getattr(solution.stats, field))
+        return (solution.value, solution.stats) if self.return_stats else solution.value

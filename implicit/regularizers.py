@@ -1,0 +1,151 @@
+"""Regularisers of a fixed-point layer, all differentiable with respect to ``z`` and ``args``.
+
+With ``J = ∂f/∂z`` evaluated at a state ``z`` (usually ``z*``):
+
+* :func:`jacobian_frobenius_sq` — Hutchinson's estimate of ``‖J‖_F²``, the
+  Jacobian regulariser of Bai et al. (2021), which keeps ``f`` contractive and
+  the solves short;
+* :func:`spectral_radius` — a power-method estimate of ``ρ(J)``, the quantity the
+  forward and backward fixed-point solves need below 1;
+* :func:`solver_trajectory` and :func:`fixed_point_correction_loss` — the
+  fixed-point correction of Bai et al. (2022): a loss on ``f`` applied once to
+  several states along the solver's trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import solvers
+from solvers.types import PyTree
+
+
+def _sum_squares(tree: PyTree) -> jax.Array:
+    return sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def gaussian_probes(key: jax.Array, like: PyTree, num_samples: int) -> PyTree:
+    """``num_samples`` standard normal pytrees shaped like ``like``, stacked on a leading axis."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    keys = jax.random.split(key, len(leaves))
+    probes = [
+        jax.random.normal(k, (num_samples, *jnp.shape(leaf)), jnp.result_type(leaf))
+        for k, leaf in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, probes)
+
+
+def jacobian_frobenius_sq(
+    f: Callable[..., PyTree],
+    z: PyTree,
+    *args: PyTree,
+    key: Optional[jax.Array] = None,
+    num_samples: int = 1,
+    probes: Optional[PyTree] = None,
+) -> jax.Array:
+    """Hutchinson's unbiased estimate of ``‖∂f/∂z‖_F²`` at ``z``.
+
+    ``‖J‖_F² = tr(JᵀJ) = E‖εᵀJ‖²`` for any probe with ``E[εεᵀ] = I``; the estimate
+    is the mean of ``‖εᵢᵀJ‖²`` (one VJP each) over ``num_samples`` standard normal
+    probes drawn from ``key``, or over the given ``probes`` (pytrees shaped like
+    ``z`` stacked on a leading axis). Bai et al. (2021) divide it by the state size.
+    """
+    if probes is None:
+        if key is None:
+            raise ValueError("jacobian_frobenius_sq needs a PRNG key or explicit probes")
+        probes = gaussian_probes(key, z, num_samples)
+    _, vjp = jax.vjp(lambda state: f(state, *args), z)
+    return jnp.mean(jax.vmap(lambda probe: _sum_squares(vjp(probe)[0]))(probes))
+
+
+def spectral_radius(
+    f: Callable[..., PyTree],
+    z: PyTree,
+    *args: PyTree,
+    key: Optional[jax.Array] = None,
+    num_iters: int = 20,
+) -> jax.Array:
+    """Power-method estimate of the spectral radius ``ρ(∂f/∂z)`` at ``z``.
+
+    Iterates ``v ← J v / ‖J v‖`` ``num_iters`` times from a normal ``v`` (drawn from
+    ``key``; all ones without one) and returns ``‖J v‖``. It converges to ``ρ(J)``
+    when the eigenvalue of largest modulus is unique and real, or when ``J`` is
+    normal; it never exceeds ``‖J‖₂``. The iterations are not differentiated: the
+    derivative is that of ``‖J v‖`` at the final (fixed) ``v``, which for a
+    symmetric ``J`` is the derivative of ``|λ_max|``.
+    """
+    fixed_args = lax.stop_gradient(args)
+    _, jvp_fixed = jax.linearize(lambda state: f(state, *fixed_args), lax.stop_gradient(z))
+    leaves, treedef = jax.tree_util.tree_flatten(z)
+    if key is None:
+        start = jax.tree_util.tree_map(jnp.ones_like, z)
+    else:
+        keys = jax.random.split(key, len(leaves))
+        start = jax.tree_util.tree_unflatten(treedef, [
+            jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
+            for k, leaf in zip(keys, leaves, strict=True)
+        ])
+
+    def normalized(v: PyTree) -> PyTree:
+        norm = jnp.sqrt(_sum_squares(v))
+        scale = jnp.where(norm > 0, 1 / jnp.where(norm > 0, norm, 1), 0)
+        return jax.tree_util.tree_map(lambda leaf: leaf * scale.astype(leaf.dtype), v)
+
+    v = lax.fori_loop(0, num_iters, lambda _, v: normalized(jvp_fixed(v)), normalized(start))
+    v = lax.stop_gradient(v)
+    _, jv = jax.jvp(lambda state: f(state, *args), (z,), (v,))
+    return jnp.sqrt(_sum_squares(jv))
+
+
+def solver_trajectory(
+    f: Callable[..., PyTree],
+    z0: PyTree,
+    *args: PyTree,
+    num_states: int,
+    steps_per_state: int,
+    solver: str = "broyden",
+    solver_options: Optional[Mapping[str, Any]] = None,
+) -> PyTree:
+    """``num_states`` states along a solve of ``z = f(z, *args)``, stacked on a leading axis.
+
+    State ``k`` is the solver's answer after ``steps_per_state`` more iterations
+    from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
+    the states repeat the converged one. Each segment is a fresh solve, so a
+    solver with memory (Broyden, Anderson) restarts it per segment. The states
+    carry no gradient.
+    """
+    options = dict(solver_options or {})
+    if "max_iter" in options:
+        raise TypeError("solver_trajectory sets max_iter to steps_per_state; do not pass it")
+    solve = solvers.get(solver, **options, max_iter=steps_per_state)
+    fixed_args = lax.stop_gradient(args)
+
+    def segment(z: PyTree, _: None) -> tuple[PyTree, PyTree]:
+        z_next = solve(f, z, *fixed_args).value
+        return z_next, z_next
+
+    return lax.stop_gradient(lax.scan(segment, z0, None, length=num_states)[1])
+
+
+def fixed_point_correction_loss(
+    f: Callable[..., PyTree],
+    states: PyTree,
+    *args: PyTree,
+    loss_fn: Callable[[PyTree], jax.Array],
+    gamma: float = 0.8,
+) -> jax.Array:
+    """The fixed-point correction loss ``Σₖ γ^(K−1−k) · loss_fn(f(zₖ, *args))``, k = 0..K−1.
+
+    ``states`` holds ``K`` states ``zₖ`` stacked on a leading axis (for example from
+    :func:`solver_trajectory`); they are held fixed, so each term is differentiated
+    like a one-step (Jacobian-free) gradient at ``zₖ``, and later states weigh more.
+    """
+    states = lax.stop_gradient(states)
+    num_states = jax.tree_util.tree_leaves(states)[0].shape[0]
+    losses = jax.vmap(lambda z: loss_fn(f(z, *args)))(states)
+    weights = gamma ** jnp.arange(num_states - 1, -1, -1, dtype=losses.dtype)
+    return jnp.sum(weights * losses)
