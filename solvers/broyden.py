@@ -21,8 +21,10 @@ Safeguards:
   from ``J⁻¹`` before the update, so the buffer always represents exactly the
   inverse that produced the current direction;
 * a trial point whose ``‖g‖`` exceeds ``max_increase`` times the current one is
-  rejected: ``z`` stays, but the secant pair still updates ``J⁻¹`` (no extra
-  evaluation of ``f``);
+  rejected: ``z`` stays and the secant pair still updates ``J⁻¹``, so the next
+  trial follows a new direction; after two rejections in a row the trials also
+  shrink (``α`` halves with each further rejection, back to 1 once a step is
+  accepted). This backtracking costs no evaluation of ``f`` beyond the trials;
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
 """
@@ -39,12 +41,17 @@ from solvers.loop import FlatMap, Matrix, Rule, bounded_while, row_norm
 from solvers.options import Option, choice, flag, positive_int
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
+FULL_STEP_REJECTIONS = 2  # rejections in a row after which trials start to shrink
+MIN_STEP = (
+    2.0**-10
+)  # the shortest trial, as a fraction of the direction  # the smallest fraction of a direction tried after rejections
 
 
 class BroydenState(NamedTuple):
     u: jax.Array  # (batch, history, size): the u of each stored rank-one term
     v: jax.Array  # (batch, history, size): the v of each stored rank-one term
     direction: Matrix  # d = −J⁻¹ g(z) at the current point
+    rejections: jax.Array  # (batch,): trial points rejected in a row
     slot: jax.Array  # the ring-buffer slot the next term goes to
 
 
@@ -101,7 +108,8 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
     def init(z: Matrix, fz: Matrix) -> BroydenState:
         batch, size = z.shape
         buffers = jnp.zeros((batch, history, size), z.dtype)
-        return BroydenState(buffers, buffers, fz - z, jnp.zeros((), jnp.int32))
+        rejections = jnp.zeros((batch,), jnp.int32)
+        return BroydenState(buffers, buffers, fz - z, rejections, jnp.zeros((), jnp.int32))
 
     def step(
         f: FlatMap, z: Matrix, fz: Matrix, state: BroydenState, active: jax.Array
@@ -119,7 +127,10 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
                 options["fixed_length"],
             )
         else:
-            z_new = z + direction
+            # After r > 2 rejections in a row the trial goes 2^(2 − r) of the way.
+            shrink = jnp.maximum(state.rejections - FULL_STEP_REJECTIONS, 0).astype(z.dtype)
+            step_size = jnp.maximum(2.0**-shrink, MIN_STEP)
+            z_new = z + step_size[:, None] * direction
             fz_new = f(z_new)
             fevals = jnp.ones(z.shape[:1], jnp.int32)
         g_new = fz_new - z_new
@@ -154,6 +165,7 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
             u=state.u.at[:, state.slot].set(u),
             v=state.v.at[:, state.slot].set(v),
             direction=next_direction,
+            rejections=jnp.where(accept, 0, state.rejections + 1),
             slot=next_slot,
         )
         z_next = jnp.where(accept[:, None], z_new, z)
