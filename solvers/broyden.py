@@ -42,9 +42,7 @@ from solvers.options import Option, choice, flag, positive_int
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
 FULL_STEP_REJECTIONS = 2  # rejections in a row after which trials start to shrink
-MIN_STEP = (
-    2.0**-10
-)  # the shortest trial, as a fraction of the direction  # the smallest fraction of a direction tried after rejections
+MIN_STEP = 2.0**-10  # the shortest trial, as a fraction of the direction
 
 
 class BroydenState(NamedTuple):
