@@ -1,1 +1,20 @@
-"""Runnable benchmarks: solver against solver, and DEQ against the explicit weight-tied net."""
+"""Runnable benchmarks: solver against solver, and DEQ against the explicit weight-tied net.
+
+Entry points (each prints a markdown table; ``--help`` lists the flags):
+
+* ``python -m benchmarks.compare_solvers`` — every registered solver and the installed
+  peers (jaxopt, optimistix) on the built-in problems, a user's ``--problem``, and the
+  DEQ-Transformer block: iterations, time, residual, gradient error, overhead, memory.
+* ``python -m benchmarks.backward_modes`` — implicit (per backward solver), phantom, JFB
+  and unrolled gradients against the exact one: cosine similarity, time, memory.
+* ``python -m benchmarks.write_results`` — runs both and rewrites the README's Results
+  section between its ``<!-- results:start -->`` / ``<!-- results:end -->`` markers.
+* ``python -m benchmarks.deq_vs_explicit`` — the DEQ language model against its explicit
+  twins (see that module).
+
+Shared pieces: :mod:`benchmarks.problems` (the problems), :mod:`benchmarks.contenders`
+(registered solvers and peers behind one interface), :mod:`benchmarks.reference` (float64
+reference solutions and gradients), :mod:`benchmarks.timing` (compile ahead, warm up,
+``block_until_ready``, round-robin medians, compiled memory), :mod:`benchmarks.measure`
+(the measuring loop) and :mod:`benchmarks.report` (tables, JSON, CSV, plots).
+"""

@@ -1,0 +1,527 @@
+"""Solver against solver on fixed-point problems, peers side by side, in one process.
+
+    python -m benchmarks.compare_solvers                 # the full suite (several minutes)
+    python -m benchmarks.compare_solvers --quick         # under a minute: a smoke run
+    python -m benchmarks.compare_solvers --problems slow-modes --dims 1024 --json out.json
+    python -m benchmarks.compare_solvers --problem mypkg.layers:make_problem
+
+For every problem (:mod:`benchmarks.problems`) at every size and every contender
+(:mod:`benchmarks.contenders`: each registered solver, then jaxopt's and optimistix's
+solvers where installed), all asked for the per-sample relative tolerance ``--tol``
+within ``--max-iter`` iterations, the table reports
+
+* ``iters``, ``f-evals``: the most any sample took (the batch runs as long as its
+  slowest sample); the means are in the JSON;
+* ``fwd ms``: median forward solve time after a warm-up, output blocked on, timed
+  round-robin with the other contenders; ``× broyden``: that time over broyden's;
+* ``fwd+bwd ms``: median time of the loss ``L = Σ c ⊙ z*`` and its gradient with respect
+  to the problem's parameters (registered solvers: ``implicit.fixed_point``,
+  ``backward="implicit"``; peers: their own implicit differentiation);
+* ``max rel res``: ``max_i ‖f(z)_i − z_i‖ / ‖f(z)_i‖`` re-measured here in one way for all
+  (``nan`` if any sample is not finite); ``conv``: samples within ``--tol``;
+* ``grad err``: ``‖g − g_ref‖ / ‖g_ref‖`` against a float64 reference
+  (:mod:`benchmarks.reference`);
+* ``overhead``: forward time / (f-evals × time of one f evaluation on the batch), the
+  latter measured inside a jitted loop of evaluations (:func:`benchmarks.timing.f_loop`),
+  timed round-robin with the solvers: 1.0 means the solver costs nothing beyond its
+  evaluations of ``f``;
+* ``peak MiB``: XLA's memory analysis of the compiled forward+backward.
+
+Outputs: the markdown table on stdout, ``--json``, ``--csv``, and one PNG per problem
+and size (residual against iteration and against time) under ``--plots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import math
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import contenders as contenders_lib
+from benchmarks import problems as problems_lib
+from benchmarks import reference as reference_lib
+from benchmarks import report, timing
+from benchmarks.measure import (
+    loss_and_grad,
+    max_or_nan,
+    measure,
+    relative_residuals,
+)
+from benchmarks.problems import Problem
+
+DEFAULT_DIMS = (256, 1024)
+DEFAULT_BATCH = 32
+DEFAULT_TOL = 1e-5
+DEFAULT_MAX_ITER = 500
+QUICK_PROBLEMS = ("slow-modes-0.99",)
+QUICK_DIMS = (48,)
+QUICK_BATCH = 8
+BASELINE = "broyden"
+F_LOOP = "<f loop>"  # the candidate that times evaluations of f alone
+
+COLUMNS = (
+    report.Column("problem", "problem", align="left"),
+    report.Column("dim", "d", report.fmt_int),
+    report.Column("solver", "solver", align="left"),
+    report.Column("iterations", "iters", report.fmt_int),
+    report.Column("fevals", "f-evals", report.fmt_int),
+    report.Column("forward_s", "fwd ms", report.fmt_ms),
+    report.Column("vs_baseline", f"× {BASELINE}", report.fmt_ratio),
+    report.Column("forward_backward_s", "fwd+bwd ms", report.fmt_ms),
+    report.Column("max_rel_residual", "max rel res", report.fmt_sci),
+    report.Column("converged_text", "conv"),
+    report.Column("grad_rel_error", "grad err", report.fmt_sci),
+    report.Column("overhead", "overhead", report.fmt_ratio),
+    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+)
+CSV_KEYS = (
+    "problem", "family", "dim", "batch", "solver", "kind", "status", "iterations",
+    "iterations_mean", "fevals", "fevals_mean", "forward_s", "vs_baseline",
+    "forward_backward_s", "max_rel_residual", "converged", "nonfinite", "grad_rel_error",
+    "overhead", "f_call_s", "peak_bytes", "forward_peak_bytes", "note",
+)
+
+
+def parse_solver_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["broyden:history=60", ...]`` → ``{"broyden": {"history": 60}}`` (values as literals)."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        key, eq, raw = assignment.partition("=")
+        if not sep or not eq or not name or not key:
+            raise ValueError(f"--solver-option expects NAME:KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_solvers",
+        description="Compare fixed-point solvers (registered ones and peers) side by side.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    known = ", ".join([*problems_lib.BUILDERS, *problems_lib.OPTIONAL])
+    parser.add_argument("--problems", nargs="+", default=None, metavar="NAME",
+                        help=f"built-in problems or family prefixes ({known}); default: all")
+    parser.add_argument("--problem", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="add a user problem: FUNCTION() returns (f, z0, args) or "
+                        "(f, z0, args, in_axes), z0 batched on axis 0 (repeatable)")
+    parser.add_argument("--dims", nargs="+", type=int, default=list(DEFAULT_DIMS),
+                        help="per-sample sizes of the sized problems")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="samples per problem")
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL,
+                        help="per-sample relative tolerance ‖f(z) − z‖ / ‖f(z)‖")
+    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
+                        help="iteration limit of every solver")
+    parser.add_argument("--solvers", nargs="+", default=None, metavar="NAME",
+                        help="contenders to run (registered names and peer names); default: all")
+    parser.add_argument("--no-peers", action="store_true", help="registered solvers only")
+    parser.add_argument("--solver-option", action="append", default=[],
+                        metavar="NAME:KEY=VALUE",
+                        help="an option for a registered solver, e.g. broyden:history=60")
+    parser.add_argument("--dense-max-dim", type=int, default=256,
+                        help="largest d for the dense-Jacobian peers (optx.Newton, optx.Chord)")
+    parser.add_argument("--dense-grad-max-dim", type=int, default=2048,
+                        help="largest d for optimistix's dense implicit gradient")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
+    parser.add_argument("--budget", type=float, default=3.0,
+                        help="stop timing a contender after this many seconds (>= 1 call)")
+    parser.add_argument("--no-grad", action="store_true",
+                        help="skip forward+backward time, gradient error and memory")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="the transformer problem from this models checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the problems")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    parser.add_argument("--plots", default="runs/compare_solvers", metavar="DIR",
+                        help="folder for the residual plots (one PNG per problem and size)")
+    parser.add_argument("--no-plots", action="store_true", help="draw no plots")
+    parser.add_argument("--no-peer-traces", action="store_true",
+                        help="plot registered solvers only (peer traces need one extra run each)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run under a minute: {', '.join(QUICK_PROBLEMS)} at d = "
+                        f"{QUICK_DIMS[0]}, batch {QUICK_BATCH}, 1 timed call, no peer traces, "
+                        "XLA backend optimisation off (timings not representative)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    problems: tuple[str, ...]
+    user_problems: tuple[str, ...]
+    dims: tuple[int, ...]
+    batch: int
+    settings: contenders_lib.Settings
+    solvers: Optional[tuple[str, ...]]
+    peers: bool
+    repeats: int
+    budget: float
+    grad: bool
+    checkpoint: Optional[str]
+    seed: int
+    plots: Optional[str]
+    peer_traces: bool
+    progress: bool
+    compiler_options: Optional[dict] = None
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if args.quick:
+        problems = tuple(args.problems or QUICK_PROBLEMS)
+        dims = QUICK_DIMS if args.dims == list(DEFAULT_DIMS) else tuple(args.dims)
+        batch = QUICK_BATCH if args.batch == DEFAULT_BATCH else args.batch
+        repeats = 1
+        peer_traces = False
+    else:
+        problems = tuple(args.problems or [*problems_lib.BUILDERS, *problems_lib.OPTIONAL])
+        dims, batch, repeats = tuple(args.dims), args.batch, args.repeats
+        peer_traces = not args.no_peer_traces
+    for name, value, low in (("--batch", batch, 1), ("--max-iter", args.max_iter, 1),
+                             ("--repeats", repeats, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+    if not (args.tol > 0 and math.isfinite(args.tol)):
+        raise ValueError(f"--tol must be a finite number > 0, got {args.tol}")
+    if any(d < 1 for d in dims):
+        raise ValueError(f"--dims must be positive, got {list(dims)}")
+    settings = contenders_lib.Settings(
+        tol=args.tol, max_iter=args.max_iter, dense_max_dim=args.dense_max_dim,
+        dense_grad_max_dim=args.dense_grad_max_dim,
+        solver_options=parse_solver_options(args.solver_option),
+    )
+    return Config(
+        problems=tuple(problems_lib.select(problems)) if problems else (),
+        user_problems=tuple(args.problem), dims=dims, batch=batch, settings=settings,
+        solvers=tuple(args.solvers) if args.solvers else None, peers=not args.no_peers,
+        repeats=repeats, budget=args.budget, grad=not args.no_grad,
+        checkpoint=args.checkpoint, seed=args.seed,
+        plots=None if args.no_plots else args.plots, peer_traces=peer_traces,
+        progress=not args.no_progress,
+        compiler_options=timing.FAST_COMPILE if args.quick else None,
+    )
+
+
+def problem_instances(config: Config, notes: list[str]) -> list[Problem]:
+    """Build every selected problem at every size; unavailable ones become notes."""
+    built: list[Problem] = []
+    user = [problems_lib.user_problem(spec) for spec in config.user_problems]  # fail early
+    for name in config.problems:
+        dims = config.dims[:1] if name in problems_lib.FIXED_SIZE else config.dims
+        for dim in dims:
+            try:
+                built.append(problems_lib.build(
+                    name, dim, config.batch, config.seed, config.checkpoint))
+            except problems_lib.ProblemUnavailable as why:
+                if name == "transformer" and config.checkpoint:
+                    raise ValueError(f"--checkpoint {config.checkpoint}: {why}") from None
+                notes.append(f"problem `{name}` skipped: {why}")
+                break
+    return built + user
+
+
+def _per_sample(values: Any) -> np.ndarray:
+    return np.asarray(values).reshape(-1)
+
+
+def run_problem(
+    problem: Problem,
+    contenders: list[contenders_lib.Contender],
+    config: Config,
+    progress: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Measure every contender on ``problem``; returns ``(rows, plot curves, notes)``."""
+    settings = config.settings
+    notes: list[str] = []
+    ref = reference_lib.compute(problem, config.seed, config.compiler_options)
+    if max(ref.forward_residual, ref.adjoint_residual) > 1e-9:
+        notes.append(
+            f"`{problem.name}` d={problem.dim}: the float64 reference reached only "
+            f"{ref.forward_residual:.1e} (forward) / {ref.adjoint_residual:.1e} (adjoint)"
+        )
+    # Time f from z* (cast back to the problem's dtype): iterating f there stays bounded
+    # even for the non-contractive problems, so no inf or denormal skews the timing.
+    z_star = jax.tree_util.tree_map(lambda r, z: np.asarray(r, np.asarray(z).dtype),
+                                    ref.value, problem.z0)
+    f_calls = timing.f_loop_calls(problem.f, z_star, problem.args,
+                                  compiler_options=config.compiler_options)
+    residuals = relative_residuals(problem)
+    call_args = (problem.z0, *problem.args)
+
+    rows: dict[str, dict[str, Any]] = {}
+    forward_fns: dict[str, tuple] = {}
+    grad_fns: dict[str, tuple] = {}
+    for c in contenders:
+        row = rows[c.name] = {
+            "problem": problem.name, "family": problem.family, "dim": problem.dim,
+            "batch": problem.batch, "solver": c.name, "kind": c.kind, "status": "ok",
+            "note": None,
+        }
+        reason = c.skip_reason(problem, settings)
+        if reason:
+            row.update(status="skipped", note=reason)
+            continue
+        try:
+            forward_fns[c.name] = (c.forward(problem, ref, settings), call_args)
+            if config.grad:
+                solution = c.solution(problem, ref, settings)
+                if isinstance(solution, str):
+                    row["note"] = f"no gradient: {solution}"
+                else:
+                    grad_fns[c.name] = (loss_and_grad(problem, solution, ref.cotangent),
+                                        call_args)
+        except Exception as err:  # noqa: BLE001 — a contender that cannot be built is a row note
+            row.update(status="error", note=f"build failed: {err}")
+
+    def tick() -> None:
+        progress.update(1)
+
+    # The f loop is timed round-robin with the solvers, so the overhead ratio compares
+    # times taken under the same load.
+    forward_fns[F_LOOP] = (timing.f_loop(problem.f),
+                           (jnp.asarray(f_calls, jnp.int32), z_star, *problem.args))
+    forward = measure(forward_fns, config.repeats, config.budget, tick, config.compiler_options)
+    f_call_s = timing.median(forward.pop(F_LOOP).seconds) / f_calls
+    backward = measure(grad_fns, max(1, min(config.repeats, 3)), config.budget, tick,
+                       config.compiler_options)
+
+    for name, outcome in forward.items():
+        row = rows[name]
+        row["f_call_s"] = f_call_s
+        if outcome.error:
+            row.update(status="error", note=f"forward failed: {outcome.error}")
+            continue
+        out = outcome.output
+        rel = np.asarray(residuals(out.value, problem.args), dtype=float)
+        steps, fevals = _per_sample(out.steps), _per_sample(out.fevals)
+        row.update(
+            iterations=int(steps.max()), iterations_mean=float(steps.mean()),
+            fevals=int(fevals.max()), fevals_mean=float(fevals.mean()),
+            forward_s=outcome.median_s, forward_times=outcome.seconds,
+            max_rel_residual=max_or_nan(rel),
+            converged=int(np.sum(rel <= settings.tol)), nonfinite=int(np.sum(~np.isfinite(rel))),
+            forward_peak_bytes=(outcome.memory or {}).get("peak"),
+            compile_s=outcome.compile_s,
+        )
+        row["converged_text"] = f"{row['converged']}/{problem.batch}" + (
+            f" ({row['nonfinite']} nan)" if row["nonfinite"] else "")
+        if outcome.median_s is not None and fevals.max() > 0:
+            row["overhead"] = outcome.median_s / (fevals.max() * f_call_s)
+        if out.trace is not None:
+            row["trace"] = np.max(np.asarray(out.trace), axis=0)[: int(steps.max()) + 1]
+    for name, outcome in backward.items():
+        row = rows[name]
+        if outcome.error:
+            row["note"] = _join(row.get("note"), f"gradient failed: {outcome.error}")
+            continue
+        _, grads = outcome.output
+        row.update(
+            forward_backward_s=outcome.median_s,
+            grad_rel_error=reference_lib.relative_error(grads, ref.grads),
+            peak_bytes=(outcome.memory or {}).get("peak"),
+            memory=outcome.memory,
+        )
+        if outcome.warnings:
+            row["note"] = _join(row.get("note"), "; ".join(outcome.warnings))
+
+    baseline = rows.get(BASELINE, {}).get("forward_s")
+    for row in rows.values():
+        if baseline and row.get("forward_s"):
+            row["vs_baseline"] = row["forward_s"] / baseline
+
+    curves = _curves(problem, contenders, rows, ref, config, progress)
+    return list(rows.values()), curves, notes
+
+
+def _curves(
+    problem: Problem, contenders: list[contenders_lib.Contender], rows: dict[str, dict],
+    ref: reference_lib.Reference, config: Config, progress: Any,
+) -> list[dict[str, Any]]:
+    """Residual-vs-iteration curves: built-in traces, and recorded ones for peers if asked."""
+    curves = []
+    for c in contenders:
+        row = rows[c.name]
+        if row.get("forward_s") is None:
+            continue
+        trace = row.pop("trace", None)
+        if trace is None and config.peer_traces and config.plots:
+            steps = max(1, min(int(row["iterations"]), config.settings.max_iter))
+            fn = c.trace(problem, ref, config.settings, steps)
+            if fn is not None:
+                try:
+                    trace = np.max(np.asarray(jax.jit(fn)(problem.z0, *problem.args)), axis=0)
+                except Exception as err:  # noqa: BLE001
+                    row["note"] = _join(row.get("note"), f"trace failed: {err}")
+        if trace is not None:
+            iterations = max(int(row["iterations"]), 1)
+            curves.append({
+                "label": c.name, "residual": [float(x) for x in trace],
+                "seconds_per_iteration": row["forward_s"] / iterations,
+                "linestyle": "-" if c.kind == "registry" else "--",
+            })
+    return curves
+
+
+def _join(a: Optional[str], b: str) -> str:
+    return b if not a else f"{a}; {b}"
+
+
+def checks(rows: Sequence[dict[str, Any]], tol: float) -> list[str]:
+    """The issue targets, read off the rows (where the rows hold them)."""
+    lines: list[str] = []
+
+    def find(problem: str, dim: int, solver: str) -> Optional[dict]:
+        for r in rows:
+            if r["problem"] == problem and r["dim"] == dim and r["solver"] == solver:
+                return r
+        return None
+
+    for r in rows:
+        if r["solver"] != BASELINE or r["family"] != "slow-modes" or r.get("forward_s") is None:
+            continue
+        p, d = r["problem"], r["dim"]
+        peers = [x for x in rows if x["problem"] == p and x["dim"] == d
+                 and (x["kind"] == "peer" or x["solver"] == "jaxopt_broyden")
+                 and x.get("forward_s") is not None]
+        ok = r["converged"] == r["batch"]
+        line = (f"{p} d={d}: broyden {1e3 * r['forward_s']:.1f} ms, {r['iterations']} iters, "
+                f"overhead {r.get('overhead', float('nan')):.2f}, "
+                f"{r['converged']}/{r['batch']} within tol")
+        if peers:
+            fastest = min(peers, key=lambda x: x["forward_s"])
+            line += (f"; fastest peer {fastest['solver']} {1e3 * fastest['forward_s']:.1f} ms "
+                     f"({fastest['converged']}/{fastest['batch']} within tol) → "
+                     f"speed-up {fastest['forward_s'] / r['forward_s']:.2f}×")
+            solved = [x for x in peers if x["converged"] == x["batch"]]
+            if solved and min(solved, key=lambda x: x["forward_s"]) is not fastest:
+                best = min(solved, key=lambda x: x["forward_s"])
+                line += (f"; fastest peer with all samples within tol {best['solver']} "
+                         f"{1e3 * best['forward_s']:.1f} ms → "
+                         f"speed-up {best['forward_s'] / r['forward_s']:.2f}×")
+            elif not solved:
+                line += "; no peer brought all samples within tol"
+        fp = find(p, d, "fixed_point")
+        if fp is not None and fp.get("forward_s") is not None:
+            line += (f"; vs fixed_point: iterations {r['iterations'] / max(fp['iterations'], 1):.2f}×,"
+                     f" time {r['forward_s'] / fp['forward_s']:.2f}×")
+        if not ok:
+            line += " — NOT all samples converged"
+        lines.append(line)
+    return lines
+
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown report: settings, table, checks and notes."""
+    s = result["settings"]
+    lines = [
+        f"Solvers at per-sample relative tolerance {s['tol']:g} (max {s['max_iter']} iterations), "
+        f"batch {s['batch']}, float32; {report.machine_line(result['machine'])}.",
+        "",
+        report.markdown_table([r for r in result["rows"] if r["status"] != "skipped"], COLUMNS),
+    ]
+    if result["checks"]:
+        lines += ["", "Slow-modes summary (peers: the jaxopt and optimistix rows and jaxopt_broyden; "
+                  "speed-up = peer time / broyden time, > 1 when broyden is faster):",
+                  *[f"- {c}" for c in result["checks"]]]
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for r in result["rows"]:
+        if r["status"] == "skipped":
+            reason = str(r["note"]).split(", skipped at d =")[0]
+            skipped.setdefault((r["solver"], reason), []).append(f"{r['problem']} d={r['dim']}")
+    row_notes = [f"{solver} not run on {', '.join(where)}: {reason}"
+                 for (solver, reason), where in skipped.items()]
+    row_notes += [f"`{r['problem']}` d={r['dim']} {r['solver']}: {r['note']}"
+                  for r in result["rows"] if r.get("note") and r["status"] != "skipped"]
+    notes = result["notes"] + row_notes
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    return "\n".join(lines)
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Run the suite described by ``config``; returns the result record (also the JSON)."""
+    contenders_lib.quiet_jaxopt()
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    notes: list[str] = []
+    contenders = contenders_lib.select(
+        contenders_lib.all_contenders(config.peers), list(config.solvers or []))
+    missing = contenders_lib.implicit_missing() if config.grad else None
+    if missing:
+        notes.append(f"forward+backward columns of the registered solvers are empty: {missing}")
+    problems = problem_instances(config, notes)
+    rows: list[dict[str, Any]] = []
+    plots: list[str] = []
+    total = len(problems) * (len(contenders) * (2 if config.grad else 1) + 1)
+    with tqdm(total=total, desc="compare_solvers", file=sys.stderr, unit="run",
+              disable=not config.progress, leave=False) as progress:
+        for problem in problems:
+            progress.set_postfix_str(f"{problem.name} d={problem.dim}")
+            problem_rows, curves, problem_notes = run_problem(
+                problem, contenders, config, progress)
+            rows += problem_rows
+            notes += problem_notes
+            if config.plots and curves:
+                path = f"{config.plots}/{problem.name}_d{problem.dim}.png"
+                report.plot_traces(
+                    path, f"{problem.name}, d = {problem.dim}, batch {problem.batch}",
+                    curves, config.settings.tol)
+                plots.append(path)
+    for row in rows:
+        row.setdefault("converged_text", None)
+    return {
+        "settings": {
+            "tol": config.settings.tol, "max_iter": config.settings.max_iter,
+            "batch": config.batch, "dims": list(config.dims), "repeats": config.repeats,
+            "dense_max_dim": config.settings.dense_max_dim,
+            "dense_grad_max_dim": config.settings.dense_grad_max_dim,
+            "solver_options": config.settings.solver_options, "grad": config.grad,
+            "problems": [p.name for p in problems],
+        },
+        "machine": report.machine(),
+        "solvers": [{"name": c.name, "kind": c.kind, "description": c.description}
+                    for c in contenders],
+        "problems": [{"name": p.name, "dim": p.dim, "note": p.note} for p in problems],
+        "rows": rows,
+        "checks": checks(rows, config.settings.tol),
+        "notes": notes,
+        "plots": plots,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Command-line entry point; prints the markdown report and returns the result record."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        build_parser().error(str(err))
+    try:
+        result = run(config)
+    except ValueError as err:  # bad problem specs and checkpoints: a usage error, not a trace
+        build_parser().error(str(err))
+    print(render(result))
+    print(f"\n({result['seconds']:.0f} s)")
+    if args.json:
+        report.write_json(args.json, result)
+    if args.csv:
+        report.write_csv(args.csv, result["rows"], CSV_KEYS)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Timing and memory measurement shared by every benchmark.
+
+The rules, the same for every number the benchmarks print:
+
+* a function is compiled ahead of time (``jax.jit(fn).lower(*args).compile()``), so
+  compilation is never timed, and run once as a warm-up before it is timed;
+* every timed call ends with ``jax.block_until_ready`` on its whole output;
+* the reported time is the median of the timed calls;
+* candidates compared in one table are timed round-robin (one call of each, then the
+  next round), so load from other processes falls on all of them alike and their
+  ratios stay meaningful on a busy machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@dataclasses.dataclass
+class Compiled:
+    """A function compiled for fixed arguments: call ``run()`` to execute it once."""
+
+    fn: Any  # the jax.stages.Compiled executable
+    args: tuple
+    compile_s: float
+
+    def run(self) -> Any:
+        """Execute once and wait for the result."""
+        return jax.block_until_ready(self.fn(*self.args))
+
+    def memory(self) -> Optional[dict[str, int]]:
+        """The compiled executable's memory analysis (bytes), or ``None`` if unavailable."""
+        return memory_of(self.fn)
+
+
+# XLA options of a smoke run (``--quick``): no backend optimisation, so compiling takes
+# about half as long; the timings of such a run are not representative.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def compile_fn(
+    fn: Callable[..., Any], *args: Any, compiler_options: Optional[Mapping[str, Any]] = None
+) -> Compiled:
+    """``jax.jit(fn)`` lowered and compiled for ``args`` (the compile time is recorded)."""
+    start = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    compiled = lowered.compile(dict(compiler_options)) if compiler_options else lowered.compile()
+    return Compiled(compiled, args, time.perf_counter() - start)
+
+
+def memory_of(compiled: Any) -> Optional[dict[str, int]]:
+    """Bytes of a compiled executable: arguments, outputs, temporaries and their ``peak`` sum.
+
+    ``peak`` is ``arguments + outputs + temporaries − aliased``: what the executable holds
+    at most while it runs, by XLA's own buffer assignment.
+    """
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if analysis is None:
+        return None
+    fields = {
+        "arguments": int(getattr(analysis, "argument_size_in_bytes", 0)),
+        "outputs": int(getattr(analysis, "output_size_in_bytes", 0)),
+        "temporaries": int(getattr(analysis, "temp_size_in_bytes", 0)),
+        "aliased": int(getattr(analysis, "alias_size_in_bytes", 0)),
+    }
+    fields["peak"] = (
+        fields["arguments"] + fields["outputs"] + fields["temporaries"] - fields["aliased"]
+    )
+    return fields
+
+
+def time_once(compiled: Compiled) -> float:
+    """Seconds of one call of ``compiled``, output blocked on."""
+    start = time.perf_counter()
+    compiled.run()
+    return time.perf_counter() - start
+
+
+def round_robin(
+    candidates: Mapping[str, Compiled],
+    repeats: int,
+    budget_s: float = 3.0,
+    warmup: int = 1,
+) -> dict[str, list[float]]:
+    """Time every candidate ``repeats`` times, one call of each per round.
+
+    Each candidate is first run ``warmup`` times untimed. A candidate whose timed calls
+    already took ``budget_s`` seconds in total is not called again (it keeps at least one
+    timing), so one slow candidate cannot stall the table. Returns the timings per name.
+    """
+    for compiled in candidates.values():
+        for _ in range(warmup):
+            compiled.run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(max(repeats, 1)):
+        for name, compiled in candidates.items():
+            if times[name] and sum(times[name]) >= budget_s:
+                continue
+            times[name].append(time_once(compiled))
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, or NaN for no values."""
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def f_loop(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``loop(calls, z, *args)``: ``calls`` evaluations ``z ← f(z, *args)`` in one ``fori_loop``.
+
+    Each evaluation takes the previous output, so none can be skipped or hoisted. Timing
+    this loop and dividing by ``calls`` gives the cost of one evaluation of ``f`` as a
+    solver's loop pays it: a lone jitted call would add the fixed cost of a dispatch,
+    which for a cheap ``f`` makes every solver's overhead look smaller than it is.
+    """
+
+    def loop(calls: jax.Array, z: Any, *args: Any) -> Any:
+        return lax.fori_loop(0, calls, lambda _, zz: f(zz, *args), z)
+
+    return loop
+
+
+def f_loop_calls(
+    f: Callable[..., Any], z: Any, args: tuple, target_s: float = 0.02,
+    compiler_options: Optional[Mapping[str, Any]] = None,
+) -> int:
+    """How many calls make :func:`f_loop` last about ``target_s`` (at least 20)."""
+    compiled = compile_fn(f_loop(f), jnp.asarray(20, jnp.int32), z, *args,
+                          compiler_options=compiler_options)
+    compiled.run()
+    per_call = median([time_once(compiled) for _ in range(3)]) / 20
+    return int(min(max(20, target_s / max(per_call, 1e-9)), 100_000))

@@ -1,0 +1,160 @@
+"""Write the README's "Results" section from the benchmark commands.
+
+    python -m benchmarks.write_results                 # run both benchmarks, update README.md
+    python -m benchmarks.write_results --dry-run       # print the section, write nothing
+    python -m benchmarks.write_results --compare-json cs.json --backward-json bm.json
+
+The section replaces everything between the markers ``<!-- results:start -->`` and
+``<!-- results:end -->`` of the README (the markers stay). Without both markers, in that
+order and once each, the script stops with an error and writes nothing. The section
+holds the machine the numbers were measured on, the commands that reproduce them, and
+the tables of :mod:`benchmarks.compare_solvers` and :mod:`benchmarks.backward_modes`
+(run here, in this process, unless their ``--json`` output is given). Residual plots go
+to ``--plots-dir`` and the slow-modes ones are linked from the section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from benchmarks import backward_modes, compare_solvers, report
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+DEFAULT_PLOTS_DIR = "benchmarks/results"
+
+
+class MarkersMissing(RuntimeError):
+    """The README lacks the results markers (or has them more than once, or out of order)."""
+
+
+def replace_between_markers(text: str, section: str, path: str = "README.md") -> str:
+    """``text`` with the part between :data:`START` and :data:`END` replaced by ``section``."""
+    starts, ends = text.count(START), text.count(END)
+    if starts != 1 or ends != 1 or text.index(START) > text.index(END):
+        raise MarkersMissing(
+            f"{path} must contain the line {START!r} followed later by {END!r}, once each "
+            f"(found {starts} start and {ends} end marker(s)); add them where the Results "
+            "section belongs. Nothing was written."
+        )
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{section.strip()}\n{END}{tail}"
+
+
+def _commands(quick: bool) -> list[str]:
+    flag = " --quick" if quick else ""
+    return [
+        "pip install -e '.[bench]'",
+        f"python -m benchmarks.compare_solvers{flag}",
+        f"python -m benchmarks.backward_modes{flag}",
+        f"python -m benchmarks.write_results{flag}   # rewrites this section",
+    ]
+
+
+def section(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool) -> str:
+    """The markdown of the Results section."""
+    machine = compare["machine"]
+    date = datetime.date.today().isoformat()
+    lines = [
+        f"Measured {date} on {report.machine_line(machine)}"
+        + (f" (jaxopt {machine.get('jaxopt')}, optimistix {machine.get('optimistix')})"
+           if machine.get("optimistix") or machine.get("jaxopt") else "")
+        + ". All numbers of a table come from one process, measured side by side "
+        "(compiled ahead of time, one warm-up, median of round-robin timed calls, "
+        "`block_until_ready`). Reproduce with:",
+        "",
+        "```bash",
+        *_commands(quick),
+        "```",
+        "",
+        "### Solvers: `python -m benchmarks.compare_solvers`",
+        "",
+        compare_solvers.render(compare),
+    ]
+    # Only plots inside the repository (relative paths) can be linked from the README.
+    plots = [p for p in compare.get("plots", [])
+             if "slow-modes" in os.path.basename(p) and not os.path.isabs(p)]
+    if plots:
+        lines += ["", "Residual against iteration and time (slow-modes):", ""]
+        lines += [f"![{os.path.basename(p)}]({p})" for p in plots]
+    if backward is not None:
+        lines += [
+            "",
+            "### Gradient modes: `python -m benchmarks.backward_modes`",
+            "",
+            backward_modes.render(backward),
+        ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.write_results",
+        description="Run the benchmarks and write the README's Results section.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--readme", default="README.md", help="the file to update")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the section to stdout and write nothing")
+    parser.add_argument("--quick", action="store_true", help="run both benchmarks with --quick")
+    parser.add_argument("--compare-json", default=None, metavar="PATH",
+                        help="use this compare_solvers --json output instead of running it")
+    parser.add_argument("--backward-json", default=None, metavar="PATH",
+                        help="use this backward_modes --json output instead of running it")
+    parser.add_argument("--no-backward", action="store_true", help="omit the gradient-mode table")
+    parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
+                        help="where compare_solvers writes the plots the section links")
+    return parser
+
+
+def _load(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    """Command-line entry point; returns the section it wrote (or printed)."""
+    args = build_parser().parse_args(argv)
+    text = None
+    if not args.dry_run:
+        try:
+            with open(args.readme, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise SystemExit(f"write_results: cannot read {args.readme}: {err}") from None
+        try:  # check the markers before spending minutes on the benchmarks
+            replace_between_markers(text, "", args.readme)
+        except MarkersMissing as err:
+            raise SystemExit(f"write_results: {err}") from None
+    quick = ["--quick"] if args.quick else []
+    if args.compare_json:
+        compare = _load(args.compare_json)
+    else:
+        compare = compare_solvers.run(compare_solvers.config_from_args(
+            compare_solvers.build_parser().parse_args([*quick, "--plots", args.plots_dir])))
+    backward = None
+    if not args.no_backward:
+        if args.backward_json:
+            backward = _load(args.backward_json)
+        else:
+            backward = backward_modes.run(backward_modes.build_parser().parse_args(quick))
+    body = section(compare, backward, args.quick)
+    if args.dry_run:
+        print(body)
+        return body
+    assert text is not None
+    updated = replace_between_markers(text, body, args.readme)
+    with open(args.readme, "w", encoding="utf-8") as handle:
+        handle.write(updated)
+    print(f"write_results: updated the Results section of {args.readme}", file=sys.stderr)
+    return body
+
+
+if __name__ == "__main__":
+    main()

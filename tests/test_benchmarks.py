@@ -1,0 +1,143 @@
+"""Smoke tests of the benchmark entry points (``--quick``, run in-process).
+
+Each entry point runs once per session (module-scoped fixtures); the tests then check
+its table: every solver or mode present, finite numbers, and the output files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import solvers
+from benchmarks import backward_modes, compare_solvers, contenders, problems, write_results
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, object]:
+    out = tmp_path_factory.mktemp("compare")
+    paths = {"json": str(out / "cs.json"), "csv": str(out / "cs.csv"), "plots": str(out / "plots")}
+    result = compare_solvers.main([
+        "--quick", "--no-progress", "--json", paths["json"], "--csv", paths["csv"],
+        "--plots", paths["plots"],
+    ])
+    return result, paths, out
+
+
+@pytest.fixture(scope="module")
+def backward_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    path = str(tmp_path_factory.mktemp("backward") / "bm.json")
+    return backward_modes.main(["--quick", "--no-progress", "--json", path]), path
+
+
+def test_compare_solvers_quick_has_every_solver_with_finite_numbers(compare_run, capsys) -> None:
+    result, paths, _ = compare_run
+    names = {row["solver"] for row in result["rows"]}
+    expected = set(solvers.available()) | {c.name for c in contenders.peers()}
+    assert expected <= names
+    for row in result["rows"]:
+        if row["solver"] in solvers.available():
+            assert row["status"] == "ok", row
+            for key in ("iterations", "fevals", "forward_s", "overhead", "max_rel_residual"):
+                assert _finite(row[key]), (row["solver"], key, row[key])
+            assert row["max_rel_residual"] <= result["settings"]["tol"] * 1.01
+            if contenders.implicit_missing() is None:
+                for key in ("forward_backward_s", "grad_rel_error", "peak_bytes"):
+                    assert _finite(row[key]), (row["solver"], key, row[key])
+        elif row["status"] == "ok":
+            assert _finite(row["forward_s"]) and _finite(row["iterations"]), row
+
+
+def test_compare_solvers_outputs(compare_run) -> None:
+    result, paths, _ = compare_run
+    table = compare_solvers.render(result)
+    for name in solvers.available():
+        assert f"| {name} |" in table
+    with open(paths["json"], encoding="utf-8") as handle:
+        saved = json.load(handle)
+    assert len(saved["rows"]) == len(result["rows"])
+    with open(paths["csv"], encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert lines[0].startswith("problem,") and len(lines) == len(result["rows"]) + 1
+    assert result["plots"] and all(p.endswith(".png") for p in result["plots"])
+    with open(result["plots"][0], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(contenders.implicit_missing() is not None, reason="implicit is missing")
+def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -> None:
+    result, _ = backward_run
+    modes = {row["mode"] for row in result["rows"]}
+    assert set(result["modes"]) == modes
+    assert {f"implicit[{name}]" for name in solvers.available()} <= modes
+    assert {"jfb", "unroll"} <= modes and any(m.startswith("phantom") for m in modes)
+    for row in result["rows"]:
+        assert row["status"] == "ok", row
+        for key in ("cosine", "grad_rel_error", "forward_backward_s", "peak_bytes"):
+            assert _finite(row[key]), (row["mode"], key, row[key])
+        if row["backward"] == "implicit":
+            assert row["cosine"] > 0.999, row
+
+
+def test_write_results_replaces_only_the_marked_section(compare_run, backward_run, tmp_path) -> None:
+    _, paths, _ = compare_run
+    _, backward_json = backward_run
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# title\n\nbefore\n\n{write_results.START}\nold\n{write_results.END}\n\nafter\n",
+        encoding="utf-8",
+    )
+    write_results.main(["--readme", str(readme), "--compare-json", paths["json"],
+                        "--backward-json", backward_json])
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# title\n\nbefore\n\n" + write_results.START)
+    assert text.endswith(write_results.END + "\n\nafter\n") and "old" not in text
+    assert "python -m benchmarks.compare_solvers" in text and "| broyden |" in text
+
+
+def test_write_results_fails_clearly_without_markers(tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="results:start"):
+        write_results.main(["--readme", str(readme), "--compare-json", "unused.json"])
+    assert readme.read_text(encoding="utf-8") == "# no markers here\n"
+
+
+def test_problems_select_families_and_reject_unknown_names() -> None:
+    assert problems.select(["slow-modes"]) == [f"slow-modes-{r:g}" for r in problems.SLOW_RHOS]
+    with pytest.raises(ValueError, match="unknown problem"):
+        problems.select(["no-such-problem"])
+
+
+def test_user_problem_spec_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="module:function"):
+        problems.user_problem("no_colon")
+    with pytest.raises(ValueError, match="cannot import"):
+        problems.user_problem("no_such_module_xyz:make")
+
+
+def test_user_problem_from_module_function() -> None:
+    problem = problems.user_problem("benchmarks.example_problem:make_problem")
+    assert problem.name == "make_problem" and problem.batch == 16 and problem.dim == 72
+    assert problem.in_axes == (None, 0) and problem.diff_argnums == (0, 1)
+    import jax
+
+    z = {"h": problem.z0["h"][0], "c": problem.z0["c"][0]}
+    out = jax.eval_shape(problem.per_sample(), z, problem.args[0], problem.args[1][0])
+    assert out["h"].shape == (64,) and out["c"].shape == (8,)
+
+
+@pytest.mark.parametrize("name", ["noncontractive", "nonlinear"])
+def test_known_roots_are_fixed_points(name: str) -> None:
+    import numpy as np
+
+    problem = problems.build(name, 32, 4)
+    z = np.asarray(problem.root, np.float64)
+    fz = np.asarray(problem.f(problem.root, *problem.args), np.float64)
+    assert np.max(np.abs(fz - z)) <= 1e-4 * max(1.0, np.max(np.abs(z)))
