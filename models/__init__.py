@@ -1,1 +1,16 @@
-"""The Haiku DEQ Transformer language model, its byte-level data and its training command."""
+"""The Haiku DEQ Transformer language model, its byte-level data and its training command.
+
+Modules, one idea each:
+
+- :mod:`models.data`: byte-level corpora, deterministic splits and resumable batches;
+- :mod:`models.transformer`: the input-injection block ``f(z, x)``, the DEQ Transformer LM
+  (``z* = f(z*, x)`` through ``implicit.haiku.DEQ``) and its explicit twins;
+- :mod:`models.lm`: a training config to a transformed model, and the next-byte loss;
+- :mod:`models.optim`: AdamW with warmup-cosine learning rate and gradient clipping;
+- :mod:`models.step`: the train state and the compiled train/eval steps;
+- :mod:`models.sharding`: data parallelism with ``Mesh`` + ``NamedSharding`` (multi-host too);
+- :mod:`models.checkpoint`: atomic ``.npz`` checkpoints and the resume config check;
+- :mod:`models.metrics`: the metrics JSON-lines file and its plot;
+- :mod:`models.sample`: text generation;
+- :mod:`models.config` and :mod:`models.train`: ``python -m models.train``.
+"""

@@ -1,0 +1,108 @@
+"""Run metrics: an append-only JSON-lines file and a plot drawn from it.
+
+Each line of ``metrics.jsonl`` is one record ``{"split": "train" | "valid", "step": s, ...}``
+(``step`` counts completed training steps). Wall-clock fields (``time``, ``tokens_per_s``) are
+listed in :data:`TIMING_KEYS` so comparisons between runs can leave them out. On resume from a
+checkpoint taken at step ``k`` the file is cut back to its records with ``step ≤ k``, so an
+interrupted-then-resumed run ends with the same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS_NAME", "PLOT_NAME", "TIMING_KEYS", "MetricsLog", "read_metrics", "plot_metrics"]
+
+METRICS_NAME: str = "metrics.jsonl"
+PLOT_NAME: str = "metrics.png"
+TIMING_KEYS: frozenset[str] = frozenset({"time", "tokens_per_s"})
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a metrics file, in order (``[]`` if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class MetricsLog:
+    """Appends records to ``<run_dir>/metrics.jsonl``; only the writer process writes."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
+        self.enabled = enabled
+
+    def start(self, resume_step: int | None) -> None:
+        """Start a fresh file (``resume_step=None``) or keep the records up to ``resume_step``."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [] if resume_step is None else [
+            r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step
+        ]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for record in kept:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+    def write(self, split: str, step: int, values: dict[str, Any]) -> None:
+        """Append one record."""
+        if not self.enabled:
+            return
+        record = {"split": split, "step": int(step)}
+        record.update({k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def plot_metrics(
+    records: list[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    baselines: dict[str, float] | None = None,
+) -> Path:
+    """Draw train/valid bits per byte and forward solver steps against the step; save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["split"] == "train"]
+    valid = [r for r in records if r["split"] == "valid"]
+    fig, (ax_bpb, ax_steps) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_bpb.plot([r["step"] for r in train], [r["bpb"] for r in train], lw=0.8, alpha=0.7,
+                    label="train")
+    if valid:
+        ax_bpb.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", label="valid")
+    for name, value in (baselines or {}).items():
+        ax_bpb.axhline(value, ls="--", lw=0.8, color="gray")
+        ax_bpb.annotate(f"{name} {value:.2f}", (0, value), fontsize=8, va="bottom")
+    ax_bpb.set_xlabel("step")
+    ax_bpb.set_ylabel("bits per byte")
+    ax_bpb.legend()
+    ax_bpb.grid(alpha=0.3)
+    if train:
+        ax_steps.plot([r["step"] for r in train], [r["solver_steps"] for r in train], lw=0.8,
+                      label="mean")
+        ax_steps.plot([r["step"] for r in train], [r["solver_steps_max"] for r in train], lw=0.8,
+                      label="max")
+        ax_res = ax_steps.twinx()
+        ax_res.semilogy([r["step"] for r in train], [max(r["rel_residual"], 1e-12) for r in train],
+                        lw=0.8, color="tab:red", alpha=0.6)
+        ax_res.set_ylabel("relative residual", color="tab:red")
+    ax_steps.set_xlabel("step")
+    ax_steps.set_ylabel("forward solver steps")
+    ax_steps.legend(loc="upper left")
+    ax_steps.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,178 @@
+"""The train state and the compiled train and evaluation steps.
+
+One train step on a batch ``y`` of shape ``(B, T + 1)`` (inputs ``y[:, :-1]``, targets
+``y[:, 1:]``) computes
+
+    L(θ) = NLL(θ) + λ_J · J(θ),      g = ∇_θ L,      (θ, opt) ← AdamW(clip(g), opt)
+
+where ``NLL`` is the mean next-byte cross-entropy (nats) and ``J`` the Jacobian regulariser of
+the DEQ (weight ``λ_J = --jac-reg``). Its dropout key is ``fold_in(key(seed), step)``: a
+function of the step only, so a resumed run draws the same masks. Both steps are ``jax.jit``
+compiled with the state replicated and the batch split over the mesh (see
+:mod:`models.sharding`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from models.config import TrainConfig
+from models.lm import LN2, next_byte_loss
+from models.sharding import batch_sharded, replicated
+
+__all__ = [
+    "TrainState",
+    "init_state",
+    "make_train_step",
+    "make_eval_step",
+    "TRAIN_METRICS",
+    "FAST_COMPILE",
+    "summarize_eval",
+]
+
+FAST_COMPILE: dict[str, Any] = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+"""XLA options (``compiler_options`` of ``jax.jit``) that compile several times faster for
+slower steps: for tests and smoke runs, never for measurements."""
+
+TRAIN_METRICS: tuple[str, ...] = (
+    "loss",
+    "bpb",
+    "jac_loss",
+    "grad_norm",
+    "lr",
+    "solver_steps",
+    "solver_steps_max",
+    "rel_residual",
+    "converged",
+)
+"""Keys of the metrics dict a train step returns (scalars)."""
+
+Metrics = dict[str, jax.Array]
+TrainStep = Callable[["TrainState", jax.Array], tuple["TrainState", Metrics]]
+EvalStep = Callable[[hk.Params, jax.Array], Metrics]
+
+
+class TrainState(NamedTuple):
+    """Everything a step updates: the step counter, the parameters and the optimizer state."""
+
+    step: jax.Array  # int32 scalar: the number of steps taken
+    params: hk.Params
+    opt_state: optax.OptState
+
+
+def init_state(
+    model: hk.Transformed,
+    optimizer: optax.GradientTransformation,
+    config: TrainConfig,
+    compiler_options: dict[str, Any] | None = None,
+) -> TrainState:
+    """The state before the first step: parameters from ``key(seed)``, fresh optimizer state."""
+    tokens = jnp.zeros((1, config.seq_len), jnp.int32)
+    init = jax.jit(lambda key: model.init(key, tokens), compiler_options=compiler_options)
+    params = init(jax.random.key(config.seed))
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def _solve_metrics(stats: dict[str, jax.Array]) -> Metrics:
+    return {
+        "solver_steps": jnp.mean(stats["steps"].astype(jnp.float32)),
+        "solver_steps_max": jnp.max(stats["steps"]).astype(jnp.float32),
+        "rel_residual": jnp.mean(stats["rel_residual"]),
+        "converged": jnp.mean(stats["converged"].astype(jnp.float32)),
+    }
+
+
+def make_train_step(
+    model: hk.Transformed,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: TrainConfig,
+    mesh: Mesh,
+    compiler_options: dict[str, Any] | None = None,
+) -> TrainStep:
+    """The compiled ``step(state, batch) -> (state, metrics)`` (see the module docstring).
+
+    ``compiler_options`` go to ``jax.jit`` (XLA debug options; tests lower the optimisation
+    level to compile faster).
+    """
+    base_key = jax.random.key(config.seed)
+    jac_weight = config.jac_reg
+
+    def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        out = model.apply(params, key, inputs, None, True)
+        nll, _ = next_byte_loss(out.logits, targets)
+        loss = nll + jac_weight * out.jac_loss if jac_weight else nll
+        return loss, (nll, out.stats, out.jac_loss)
+
+    def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, Metrics]:
+        key = jax.random.fold_in(base_key, state.step)
+        (loss, (nll, stats, jac_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "bpb": nll / LN2,
+            "jac_loss": jnp.asarray(jac_loss, jnp.float32),
+            "grad_norm": optax.tree.norm(grads),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            **_solve_metrics(stats),
+        }
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        compiler_options=compiler_options,
+    )
+
+
+def make_eval_step(
+    model: hk.Transformed,
+    config: TrainConfig,
+    mesh: Mesh,
+    compiler_options: dict[str, Any] | None = None,
+) -> EvalStep:
+    """The compiled ``eval(params, batch) -> {"nll_sum", "count", solver stats}`` (no dropout).
+
+    Sums, not means, so that the bits per byte of a validation set is
+    ``Σ nll_sum / (Σ count · ln 2)`` however it is batched.
+    """
+    key = jax.random.key(config.seed)
+
+    def evaluate(params: hk.Params, batch: jax.Array) -> Metrics:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        out = model.apply(params, key, inputs, None, False)
+        nll, count = next_byte_loss(out.logits, targets)
+        return {"nll_sum": nll * count, "count": count, **_solve_metrics(out.stats)}
+
+    return jax.jit(
+        evaluate,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+        compiler_options=compiler_options,
+    )
+
+
+def summarize_eval(results: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Combine per-batch evaluation results: bits per byte and mean solver statistics."""
+    nll = sum(float(r["nll_sum"]) for r in results)
+    count = sum(float(r["count"]) for r in results)
+    summary = {"bpb": nll / max(count, 1.0) / LN2}
+    for key in ("solver_steps", "rel_residual", "converged"):
+        summary[key] = float(np.mean([float(r[key]) for r in results]))
+    summary["solver_steps_max"] = float(max(float(r["solver_steps_max"]) for r in results))
+    return summary

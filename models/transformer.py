@@ -1,0 +1,457 @@
+"""Byte-level Transformer language models: the DEQ Transformer and its explicit twins.
+
+All three models share one weight-tied *input-injection block* ``f(z, x)``:
+
+    h⁰ = x + Attn(LN(z))                  (causal self-attention reads the state z)
+    hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹)), l < L      (further pre-LN layers when block_layers L > 1)
+    f  = (h + MLP(LN(h))) · m             (an MLP after every attention; m the padding mask)
+
+where ``x = E[tokens] + P[positions]`` is the input injection (token plus learned position
+embeddings), ``L = block_layers`` and ``m ∈ {0, 1}`` zeroes padded positions. The state enters
+only through ``LN(z)``, so ``f`` has bounded output and a fixed point exists; with the small
+output-projection initialisation used here ``f`` is a contraction in ``z`` at init.
+
+- :class:`DEQTransformerLM` returns the logits of the equilibrium ``z* = f(z*, x)``, found by a
+  named fixed-point solver and differentiated implicitly (``implicit.haiku.DEQ``):
+  ``logits = W_out · LN(z*) + b``.
+- :class:`ExplicitTransformerLM` stacks ``f`` ``depth`` times from ``z⁰ = 0``:
+  ``zᵏ⁺¹ = f(zᵏ, x)``; with ``tied=True`` every layer shares one set of weights (the unrolled
+  twin of the DEQ: as ``depth → ∞`` it converges to the same ``z*``), with ``tied=False`` each
+  layer has its own (an ordinary deep Transformer with input injection).
+
+Dropout is *variational*: one mask per forward pass, the same at every iteration or layer (one
+rng key per solve). Attention is causal (position ``t`` sees ``s ≤ t``) and ignores padded keys.
+Both models return :class:`LMOutput` with logits and per-sample solver statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from implicit.haiku import DEQ
+from implicit.regularizers import jacobian_frobenius_sq
+
+__all__ = [
+    "SOLVE_STAT_KEYS",
+    "InjectionBlock",
+    "LMOutput",
+    "DEQTransformerLM",
+    "ExplicitTransformerLM",
+    "causal_attention_mask",
+    "twin_params",
+]
+
+SOLVE_STAT_KEYS: tuple[str, ...] = ("steps", "abs_residual", "rel_residual", "converged")
+"""The per-sample statistics every model reports in :attr:`LMOutput.stats`."""
+
+_NEG_INF = -1e9  # finite "minus infinity" so a fully masked row gives a uniform, not NaN, softmax
+
+
+def twin_params(deq_params: hk.Params) -> hk.Params:
+    """The parameters of the explicit weight-tied twin of a :class:`DEQTransformerLM`.
+
+    The DEQ keeps its block under ``<name>/deq/block``, the tied stack under ``<name>/block``;
+    with the same model ``name`` (and settings) every other parameter already matches, so
+    ``ExplicitTransformerLM(..., tied=True).apply(twin_params(p), ...)`` is the DEQ's unrolled
+    twin with the same weights.
+    """
+    return {key.replace("/deq/block", "/block"): value for key, value in deq_params.items()}
+
+
+class LMOutput(NamedTuple):
+    """What a language model returns.
+
+    Attributes:
+      logits: ``(batch, seq, vocab)`` next-byte logits.
+      stats: per-sample solve statistics, ``{"steps", "abs_residual", "rel_residual",
+        "converged"}``, each of shape ``(batch,)``. For the DEQ they come from the forward
+        solver; for an explicit stack ``steps`` is its depth and the residuals are those of its
+        last layer, ``‖zᴰ − zᴰ⁻¹‖`` and ``‖zᴰ − zᴰ⁻¹‖ / ‖zᴰ‖``.
+      jac_loss: scalar Jacobian-regularisation term (0 unless the DEQ was built with
+        ``jac_reg > 0`` and called with ``is_training=True``); the caller adds
+        ``jac_reg · jac_loss`` to its loss.
+    """
+
+    logits: jax.Array
+    stats: dict[str, jax.Array]
+    jac_loss: jax.Array
+
+
+def causal_attention_mask(mask: jax.Array) -> jax.Array:
+    """Boolean ``(batch, 1, seq, seq)`` mask: query ``t`` may attend key ``s`` iff ``s ≤ t`` and
+    ``mask[b, s]`` (the key is not padding). ``mask`` is ``(batch, seq)``, nonzero = valid."""
+    seq = mask.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    return causal[None, None] & (mask[:, None, None, :] > 0)
+
+
+def _linear(size: int, std: float, name: str, with_bias: bool = True) -> hk.Linear:
+    init = hk.initializers.TruncatedNormal(std)
+    return hk.Linear(size, with_bias=with_bias, w_init=init, name=name)
+
+
+def _layer_norm(name: str) -> hk.LayerNorm:
+    return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
+
+
+class InjectionBlock(hk.Module):
+    """The input-injection block ``f(z, x)`` (see the module docstring for its equations).
+
+    Linear weights are drawn from a truncated normal with std ``init_std``; the projections
+    that write into the residual stream (attention output, MLP output) additionally get
+    ``out_init_scale`` times that, which keeps ``‖∂f/∂z‖`` small at initialisation.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        block_layers: int = 1,
+        mlp_ratio: int = 4,
+        dropout_rate: float = 0.0,
+        init_std: float = 0.02,
+        out_init_scale: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if block_layers < 1:
+            raise ValueError(f"block_layers must be at least 1, got {block_layers}")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.block_layers = block_layers
+        self.mlp_ratio = mlp_ratio
+        self.dropout_rate = dropout_rate
+        self.init_std = init_std
+        self.out_std = init_std * out_init_scale
+
+    @hk.experimental.name_like("__call__")
+    def _attention(self, h: jax.Array, allowed: jax.Array, layer: int) -> jax.Array:
+        batch, seq, _ = h.shape
+        head = self.d_model // self.num_heads
+        qkv = _linear(3 * self.d_model, self.init_std, f"qkv_{layer}")(h)
+        q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * self.num_heads, head), 3, axis=2)
+        logits = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(head)
+        logits = jnp.where(allowed, logits, _NEG_INF)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(batch, seq, self.d_model)
+        return _linear(self.d_model, self.out_std, f"attn_out_{layer}")(out)
+
+    @hk.experimental.name_like("__call__")
+    def _mlp(self, h: jax.Array, layer: int) -> jax.Array:
+        hidden = _linear(self.mlp_ratio * self.d_model, self.init_std, f"mlp_in_{layer}")(h)
+        return _linear(self.d_model, self.out_std, f"mlp_out_{layer}")(jax.nn.gelu(hidden))
+
+    def __call__(
+        self,
+        z: jax.Array,
+        x: jax.Array,
+        mask: jax.Array,
+        *,
+        is_training: bool = False,
+        rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Apply ``f``.
+
+        Args:
+          z: ``(batch, seq, d_model)`` state.
+          x: ``(batch, seq, d_model)`` input injection.
+          mask: ``(batch, seq)`` padding mask, 1 for real tokens and 0 for padding.
+          is_training: apply dropout (needs an rng).
+          rng: the dropout key; ``None`` draws ``hk.next_rng_key()``. Either way one key
+            gives one set of masks, so passing the same key to every call is variational
+            dropout.
+
+        Returns:
+          ``f(z, x)``, same shape and dtype as ``z``, zero at padded positions.
+        """
+        chex.assert_equal_shape([z, x])
+        chex.assert_rank(z, 3)
+        chex.assert_shape(mask, z.shape[:2])
+        dropout = is_training and self.dropout_rate > 0.0
+        if dropout and rng is None:
+            rng = hk.next_rng_key()
+        allowed = causal_attention_mask(mask)
+
+        def drop(value: jax.Array, index: int) -> jax.Array:
+            if not dropout:
+                return value
+            return hk.dropout(jax.random.fold_in(rng, index), self.dropout_rate, value)
+
+        h = x + drop(self._attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
+        h = h + drop(self._mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
+        for layer in range(1, self.block_layers):
+            a = self._attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer)
+            h = h + drop(a, 2 * layer)
+            h = h + drop(self._mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
+        out = h * mask[..., None].astype(h.dtype)
+        chex.assert_equal_shape([out, z])
+        return out.astype(z.dtype)
+
+
+class _LMBase(hk.Module):
+    """Embeddings in, logits out: the parts every model shares."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        num_heads: int,
+        block_layers: int,
+        dropout_rate: float,
+        max_seq_len: int,
+        mlp_ratio: int,
+        init_std: float,
+        out_init_scale: float,
+        embed_std: float,
+        name: str | None,
+    ) -> None:
+        super().__init__(name=name)
+        self.embed_std = embed_std
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.max_seq_len = max_seq_len
+        self.init_std = init_std
+        self.block_kwargs = dict(
+            d_model=d_model,
+            num_heads=num_heads,
+            block_layers=block_layers,
+            mlp_ratio=mlp_ratio,
+            dropout_rate=dropout_rate,
+            init_std=init_std,
+            out_init_scale=out_init_scale,
+        )
+
+    @hk.experimental.name_like("__call__")
+    def make_block(self, name: str = "block") -> InjectionBlock:
+        return InjectionBlock(**self.block_kwargs, name=name)
+
+    @hk.experimental.name_like("__call__")
+    def embed(self, tokens: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """``x = E[tokens] + P[0..seq−1]``; returns ``(x, mask)`` with ``mask`` as float.
+
+        Both embeddings start from a truncated normal with std ``embed_std``: an injection of
+        order one keeps ``LN(z)`` near its well-conditioned regime and ``f`` contractive.
+        """
+        chex.assert_rank(tokens, 2)
+        batch, seq = tokens.shape
+        if seq > self.max_seq_len:
+            raise ValueError(f"sequence length {seq} exceeds max_seq_len={self.max_seq_len}")
+        if mask is None:
+            mask = jnp.ones((batch, seq), jnp.float32)
+        chex.assert_shape(mask, (batch, seq))
+        mask = mask.astype(jnp.float32)
+        init = hk.initializers.TruncatedNormal(self.embed_std)
+        token_embed = hk.Embed(self.vocab_size, self.d_model, w_init=init, name="token_embed")
+        positions = hk.get_parameter("pos_embed", (self.max_seq_len, self.d_model), init=init)
+        x = token_embed(tokens) + positions[None, :seq]
+        chex.assert_shape(x, (batch, seq, self.d_model))
+        return x, mask
+
+    @hk.experimental.name_like("__call__")
+    def readout(self, z: jax.Array) -> jax.Array:
+        """``logits = W_out · LN(z) + b`` (untied from the token embedding)."""
+        logits = _linear(self.vocab_size, self.init_std, "logits")(_layer_norm("ln_final")(z))
+        chex.assert_shape(logits, (*z.shape[:2], self.vocab_size))
+        return logits
+
+
+class DEQTransformerLM(_LMBase):
+    """The DEQ Transformer language model: ``logits = readout(z*)``, ``z* = f(z*, x)``.
+
+    The equilibrium is found by ``implicit.haiku.DEQ`` from ``z⁰ = 0`` with the named
+    ``solver`` and differentiated with the named ``backward`` mode; ``solver_options`` (e.g.
+    ``max_iter``, ``tol``, ``stop_mode``, ``batch_axis``, ``history``) and backward options
+    (``backward_solver``, ``backward_options``, ``phantom_steps``, ``phantom_damping``) are
+    forwarded to it unchanged.
+
+    With ``remat`` (default) the block is wrapped in ``hk.remat``: the VJPs of the backward
+    pass recompute its activations from ``(z*, x)`` instead of keeping them, which trades
+    one extra block evaluation per adjoint iteration for a train-step memory that is a few
+    states rather than a few layers' activations.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        num_heads: int,
+        block_layers: int = 1,
+        dropout_rate: float = 0.0,
+        solver: str = "broyden",
+        backward: str = "implicit",
+        *,
+        max_seq_len: int = 512,
+        mlp_ratio: int = 4,
+        init_std: float = 0.02,
+        out_init_scale: float = 1.0,
+        embed_std: float = 1.0,
+        solver_options: dict[str, Any] | None = None,
+        jac_reg: float = 0.0,
+        jac_batch: int = 0,
+        remat: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            vocab_size, d_model, num_heads, block_layers, dropout_rate, max_seq_len, mlp_ratio,
+            init_std, out_init_scale, embed_std, name,
+        )
+        self.jac_reg = jac_reg
+        self.jac_batch = jac_batch
+        self.remat = remat
+        self.solver = solver
+        self.backward = backward
+        self.solver_options = dict(solver_options or {})
+
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array | None = None, *, is_training: bool = False
+    ) -> LMOutput:
+        """Logits for ``tokens`` (``(batch, seq)`` ints) with optional padding ``mask``.
+
+        With ``jac_reg > 0`` and ``is_training``, ``jac_loss`` is Hutchinson's one-probe
+        estimate of ``‖∂f/∂z(z*)‖²_F / numel(z*)`` (Bai et al. 2021), taken on the block
+        without dropout, with gradients to the parameters and through ``z*``. With
+        ``jac_batch = k > 0`` it is estimated on the first ``k`` sequences only (``f`` acts
+        on each sequence separately, so this is the same expectation): its second-order
+        backward pass then holds activations for ``k`` sequences, not the whole batch.
+        """
+        x, mask = self.embed(tokens, mask)
+        block_kwargs = dict(self.block_kwargs)  # f must not close over this (outer) module
+
+        def block(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
+            return InjectionBlock(**block_kwargs, name="block")(z, x, mask, is_training=is_training)
+
+        f = hk.remat(block) if self.remat else block
+
+        def f_no_dropout(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
+            return InjectionBlock(**block_kwargs, name="block")(z, x, mask)
+
+        regularize = is_training and self.jac_reg > 0
+        deq = _JacobianDEQ(
+            f,
+            solver=self.solver,
+            backward=self.backward,
+            name="deq",
+            return_stats=True,
+            jacobian_fn=f_no_dropout if regularize else None,
+            jacobian_batch=self.jac_batch,
+            **self.solver_options,
+        )
+        z_star, stats, jac_loss = deq(x, jnp.zeros_like(x), mask)
+        batch = tokens.shape[0]
+        summary = {
+            key: jnp.broadcast_to(getattr(stats, key), (batch,)) for key in SOLVE_STAT_KEYS
+        }
+        return LMOutput(self.readout(z_star), summary, jac_loss)
+
+
+class _JacobianDEQ(DEQ):
+    """``implicit.haiku.DEQ`` that also returns a Jacobian penalty at the equilibrium.
+
+    ``__call__`` returns ``(z*, stats, penalty)``; ``penalty`` is
+    ``jacobian_frobenius_sq(jacobian_fn, z*, ...) / numel(z*)`` with ``jacobian_fn``'s
+    parameters the DEQ's own (lifted again, with reuse, under the same module name), or 0
+    when ``jacobian_fn`` is ``None``. One Gaussian probe from ``hk.next_rng_key()``; with
+    ``jacobian_batch = k > 0``, on the first ``k`` samples of ``z*``, ``x`` and ``extra``.
+    """
+
+    def __init__(
+        self, fn: Any, *, jacobian_fn: Any = None, jacobian_batch: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(fn, **kwargs)
+        self.jacobian_fn = jacobian_fn
+        self.jacobian_batch = jacobian_batch
+
+    def __call__(self, x: jax.Array, z0: jax.Array | None = None, *extra: jax.Array) -> Any:
+        z_star, stats = super().__call__(x, z0, *extra)
+        if self.jacobian_fn is None:
+            return z_star, stats, jnp.zeros((), jnp.float32)
+        inner = hk.transform(self.jacobian_fn)
+        init_key = hk.maybe_next_rng_key() if hk.running_init() else None
+        params = hk.experimental.transparent_lift(inner.init, allow_reuse=True)(
+            init_key, z_star, x, *extra
+        )
+
+        def block(z: jax.Array, params: hk.Params, x: jax.Array, *extra: jax.Array) -> jax.Array:
+            return inner.apply(params, None, z, x, *extra)
+
+        z_part, x_part, extra_part = z_star, x, extra
+        if self.jacobian_batch:
+            k = self.jacobian_batch
+            z_part, x_part = z_star[:k], x[:k]
+            extra_part = tuple(e[:k] for e in extra)
+        penalty = jacobian_frobenius_sq(
+            block, z_part, params, x_part, *extra_part, key=hk.next_rng_key()
+        )
+        return z_star, stats, penalty / z_part.size
+
+
+class ExplicitTransformerLM(_LMBase):
+    """The explicit stack ``zᵏ⁺¹ = f(zᵏ, x)``, ``z⁰ = 0``, ``k < D = depth``; ``readout(zᴰ)``.
+
+    With ``tied=True`` the layers share one block's weights (the DEQ's unrolled twin), with
+    ``tied=False`` each layer has its own. Variational dropout: one key for all layers.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        num_heads: int,
+        block_layers: int = 1,
+        dropout_rate: float = 0.0,
+        depth: int = 4,
+        tied: bool = True,
+        *,
+        max_seq_len: int = 512,
+        mlp_ratio: int = 4,
+        init_std: float = 0.02,
+        out_init_scale: float = 1.0,
+        embed_std: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            vocab_size, d_model, num_heads, block_layers, dropout_rate, max_seq_len, mlp_ratio,
+            init_std, out_init_scale, embed_std, name,
+        )
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.depth = depth
+        self.tied = tied
+
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array | None = None, *, is_training: bool = False
+    ) -> LMOutput:
+        """Logits for ``tokens`` (``(batch, seq)`` ints) with optional padding ``mask``."""
+        x, mask = self.embed(tokens, mask)
+        rng = None
+        if is_training and self.block_kwargs["dropout_rate"] > 0.0:
+            rng = hk.next_rng_key()
+        if self.tied:
+            block = self.make_block()
+            blocks = [block] * self.depth
+        else:
+            blocks = [self.make_block(f"block_{k}") for k in range(self.depth)]
+        z = jnp.zeros_like(x)
+        previous = z
+        for block in blocks:
+            previous, z = z, block(z, x, mask, is_training=is_training, rng=rng)
+        batch = tokens.shape[0]
+        change = jnp.sqrt(jnp.sum(jnp.square(z - previous).reshape(batch, -1), axis=1))
+        scale = jnp.sqrt(jnp.sum(jnp.square(z).reshape(batch, -1), axis=1))
+        summary = {
+            "steps": jnp.full((batch,), self.depth, jnp.int32),
+            "abs_residual": change,
+            "rel_residual": change / jnp.maximum(scale, jnp.finfo(z.dtype).tiny),
+            "converged": jnp.zeros((batch,), bool),
+        }
+        return LMOutput(self.readout(z), summary, jnp.zeros((), jnp.float32))
