@@ -20,7 +20,9 @@ byte after training, mean forward solver steps on validation, training throughpu
 per second: median over the steps after ``--warmup`` of the step time, blocked on), and the
 peak and temporary memory of the compiled train step (XLA's ``memory_analysis()``:
 ``peak = arguments + outputs + temporaries − aliased``; the DEQ's figure includes the
-Broyden history buffers of both solves). ``mem ratio`` is DEQ peak / explicit peak.
+Broyden history buffers of both solves). ``mem ratio`` is DEQ peak / explicit peak;
+``bwd misses`` counts the DEQ's training steps whose adjoint solve stopped at its
+iteration limit above tolerance in some sequence (the gradient is then approximate).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from benchmarks.timing import median, memory_of
 from models.config import TrainConfig, validate_config
 from models.data import BatchSampler, eval_batches, load_corpus, split_corpus
 from models.lm import make_model
+from models.metrics import BackwardWarningCounter
 from models.optim import learning_rate_schedule, make_optimizer
 from models.sharding import make_mesh, replicate, shard_batch, to_host
 from models.step import (
@@ -64,6 +67,7 @@ COLUMNS = (
     report.Column("peak_bytes", "peak MiB", report.fmt_mib),
     report.Column("temp_bytes", "temp MiB", report.fmt_mib),
     report.Column("memory_ratio", "mem ratio", report.fmt_ratio),
+    report.Column("backward_misses", "bwd misses", report.fmt_int),
 )
 
 
@@ -132,12 +136,15 @@ class _Candidate:
         self.memory = memory_of(self.step) or {}
         self.eval_step = make_eval_step(model, config, mesh, compiler_options)
         self.times: list[float] = []
+        self.backward_misses = 0
 
-    def train_step(self, batch: jax.Array) -> None:
+    def train_step(self, batch: jax.Array, warnings: BackwardWarningCounter) -> None:
         start = time.perf_counter()
+        seen = warnings.count
         self.state, metrics = self.step(self.state, batch)
         jax.block_until_ready(metrics)
         self.times.append(time.perf_counter() - start)
+        self.backward_misses += warnings.count > seen
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,10 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: _Candidate(config, mesh, first, compiler_options)
             for name, config in _configs(args, depth).items()
         }
-        for step in range(args.steps):
-            batch = shard_batch(sampler.batch(step), mesh)
-            for candidate in candidates.values():  # round-robin: load falls on both alike
-                candidate.train_step(batch)
+        with BackwardWarningCounter() as counter:
+            for step in range(args.steps):
+                batch = shard_batch(sampler.batch(step), mesh)
+                for candidate in candidates.values():  # round-robin: load falls on both alike
+                    candidate.train_step(batch, counter)
         explicit_peak = candidates["explicit"].memory.get("peak")
         for name, candidate in candidates.items():
             results = [
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "peak_bytes": peak,
                 "temp_bytes": candidate.memory.get("temporaries"),
                 "memory_ratio": (peak / explicit_peak) if peak and explicit_peak else None,
+                "backward_misses": candidate.backward_misses if name == "deq" else None,
             })
         if not args.no_progress:
             print(f"depth {depth}: done in {time.perf_counter() - start:.0f}s", file=sys.stderr)

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS_NAME", "PLOT_NAME", "TIMING_KEYS", "MetricsLog", "read_metrics", "plot_metrics"]
+from implicit import BackwardSolveWarning
+
+__all__ = [
+    "METRICS_NAME",
+    "PLOT_NAME",
+    "TIMING_KEYS",
+    "BackwardWarningCounter",
+    "MetricsLog",
+    "read_metrics",
+    "plot_metrics",
+]
 
 METRICS_NAME: str = "metrics.jsonl"
 PLOT_NAME: str = "metrics.png"
@@ -106,3 +117,35 @@ def plot_metrics(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+class BackwardWarningCounter:
+    """Counts :class:`implicit.BackwardSolveWarning` instead of printing each one.
+
+    The adjoint solve reports a miss of its tolerance as a warning from inside the compiled
+    step, with a new message each time; printed, they would bury the progress bar. While
+    active, each such warning increments ``count``; other warnings print as usual.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self._context = warnings.catch_warnings()
+
+    def __enter__(self) -> BackwardWarningCounter:
+        self._context.__enter__()
+        warnings.simplefilter("always", BackwardSolveWarning)
+        show = warnings.showwarning
+
+        def showwarning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, BackwardSolveWarning):
+                self.count += 1
+                self.first = self.first or str(message)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = showwarning
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._context.__exit__(*exc)

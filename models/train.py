@@ -25,7 +25,6 @@ import json
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from implicit import BackwardSolveWarning
 from models.checkpoint import (
     CheckpointError,
     check_config,
@@ -59,7 +57,13 @@ from models.data import (
     unigram_bits_per_byte,
 )
 from models.lm import deq_options, make_model
-from models.metrics import PLOT_NAME, MetricsLog, plot_metrics, read_metrics
+from models.metrics import (
+    PLOT_NAME,
+    BackwardWarningCounter,
+    MetricsLog,
+    plot_metrics,
+    read_metrics,
+)
 from models.optim import learning_rate_schedule, make_optimizer
 from models.sample import generate
 from models.sharding import (
@@ -126,38 +130,6 @@ class _Interrupt:
 
     def __exit__(self, *exc: Any) -> None:
         signal.signal(signal.SIGINT, self._previous)
-
-
-class _BackwardWarnings:
-    """Counts :class:`implicit.BackwardSolveWarning` instead of printing each one.
-
-    The adjoint solve reports a miss of its tolerance as a warning from inside the compiled
-    step, with a new message each time; printed, they would bury the progress bar. While
-    active, each such warning increments ``count``; other warnings print as usual.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: str | None = None
-        self._context = warnings.catch_warnings()
-
-    def __enter__(self) -> _BackwardWarnings:
-        self._context.__enter__()
-        warnings.simplefilter("always", BackwardSolveWarning)
-        show = warnings.showwarning
-
-        def showwarning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
-            if issubclass(category, BackwardSolveWarning):
-                self.count += 1
-                self.first = self.first or str(message)
-            else:
-                show(message, category, *args, **kwargs)
-
-        warnings.showwarning = showwarning
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._context.__exit__(*exc)
 
 
 def _progress(config: TrainConfig, start: int, writer: bool) -> Any:
@@ -315,7 +287,7 @@ def train(
     tokens_per_step = config.batch_size * config.seq_len
     t_start = time.perf_counter()
     status = "completed"
-    with _Interrupt() as interrupt, _BackwardWarnings() as backward_warnings, _progress(
+    with _Interrupt() as interrupt, BackwardWarningCounter() as backward_warnings, _progress(
         config, start, writer
     ) as bar:
         for step in range(start, config.steps):
