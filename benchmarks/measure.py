@@ -17,12 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
 from benchmarks.problems import Problem
-from benchmarks.reference import loss
+from benchmarks.reference import loss, per_sample_relative_residual
 
 PyTree = Any
 
@@ -95,8 +94,13 @@ def measure(
                 outcome.error = short_error(err)
                 if _debug():
                     traceback.print_exc()
-        outcome.warnings = sorted({_first_clause(str(w.message)) for w in caught
-                                   if not issubclass(w.category, DeprecationWarning)})
+        outcome.warnings = sorted(
+            {
+                _first_clause(str(w.message))
+                for w in caught
+                if not issubclass(w.category, DeprecationWarning)
+            }
+        )
         on_step()
     del caught_compile
     with warnings.catch_warnings():
@@ -152,16 +156,7 @@ def relative_residuals(problem: Problem) -> Callable[[PyTree, tuple], jax.Array]
 
     @jax.jit
     def residuals(z: PyTree, args: tuple) -> jax.Array:
-        fz = problem.f(z, *args)
-        diff = sum(
-            jnp.sum(jnp.reshape(a - b, (a.shape[0], -1)) ** 2, axis=1)
-            for a, b in zip(jax.tree_util.tree_leaves(fz), jax.tree_util.tree_leaves(z), strict=True)
-        )
-        norm = sum(
-            jnp.sum(jnp.reshape(a, (a.shape[0], -1)) ** 2, axis=1)
-            for a in jax.tree_util.tree_leaves(fz)
-        )
-        return jnp.sqrt(diff) / jnp.maximum(jnp.sqrt(norm), jnp.finfo(jnp.float32).tiny)
+        return per_sample_relative_residual(z, problem.f(z, *args))
 
     return residuals
 
