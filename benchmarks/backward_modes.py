@@ -238,12 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.batch < 1 or args.max_iter < 1 or args.repeats < 1 or not args.tol > 0:
         parser.error("--batch, --max-iter and --repeats must be >= 1 and --tol > 0")
     result = run(args)
-    print(render(result))
-    print(f"\n({result['seconds']:.0f} s)")
-    if args.json:
-        report.write_json(args.json, result)
-    if args.csv:
-        report.write_csv(args.csv, result["rows"], CSV_KEYS)
+    report.emit(result, render(result), args.json, args.csv, CSV_KEYS)
     return result
 
 

@@ -514,12 +514,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         result = run(config)
     except ValueError as err:  # bad problem specs and checkpoints: a usage error, not a trace
         build_parser().error(str(err))
-    print(render(result))
-    print(f"\n({result['seconds']:.0f} s)")
-    if args.json:
-        report.write_json(args.json, result)
-    if args.csv:
-        report.write_csv(args.csv, result["rows"], CSV_KEYS)
+    report.emit(result, render(result), args.json, args.csv, CSV_KEYS)
     return result
 
 

@@ -106,6 +106,18 @@ def write_csv(path: str, rows: Sequence[Row], keys: Sequence[str]) -> None:
             writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
 
 
+def emit(
+    result: Mapping[str, Any], table: str, json_path: Any, csv_path: Any, csv_keys: Sequence[str]
+) -> None:
+    """Print an entry point's table and run time; write ``--json`` and ``--csv`` when asked."""
+    print(table)
+    print(f"\n({result['seconds']:.0f} s)")
+    if json_path:
+        write_json(json_path, result)
+    if csv_path:
+        write_csv(csv_path, result["rows"], csv_keys)
+
+
 def _make_parent(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
