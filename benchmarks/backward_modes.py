@@ -28,19 +28,18 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from benchmarks import problems as problems_lib
+import solvers
+from benchmarks import cli, report
 from benchmarks import reference as reference_lib
-from benchmarks import report, timing
-from benchmarks.contenders import implicit_missing, quiet_jaxopt
 from benchmarks.measure import loss_and_grad, measure
-from benchmarks.problems import Problem
+from benchmarks.problem import Problem
+from implicit import JFB, Implicit, Mode, Phantom, Unroll, backward_solvers, fixed_point
 
-DEFAULT_PROBLEMS = ("gauss", "slow-modes-0.99", "orthogonal", "noncontractive")
-DEFAULT_DIMS = (256,)
-KRYLOV = ("gmres", "bicgstab", "normal_cg")
-QUICK_PROBLEMS = ("slow-modes-0.99",)
-QUICK_DIMS = (32,)
-QUICK_BATCH = 4
+DEFAULTS = cli.Defaults(
+    problems=("gauss", "slow-modes-0.99", "orthogonal", "noncontractive"), dims=(256,),
+    batch=32, tol=1e-5, max_iter=500, repeats=3,
+    quick_problems=("slow-modes-0.99",), quick_dims=(32,), quick_batch=4, quick_max_iter=200,
+)
 
 COLUMNS = (
     report.Column("problem", "problem", align="left"),
@@ -60,25 +59,20 @@ CSV_KEYS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Mode:
-    """One gradient mode: a label and the keywords it passes to ``implicit.fixed_point``."""
+class Candidate:
+    """One gradient mode under test: a table label and the mode value."""
 
     label: str
-    backward: str
-    kwargs: dict
+    mode: Mode
 
 
-def modes(solver: str, phantom_steps: int, phantom_damping: float) -> list[Mode]:
-    """``implicit[...]`` for every registered solver and Krylov solver, then the others."""
-    import solvers
-
-    implicit = [Mode(f"implicit[{name}]", "implicit", {"backward_solver": name})
-                for name in (*solvers.available(), *KRYLOV)]
+def candidates(phantom: Phantom) -> list[Candidate]:
+    """``implicit[...]`` for every registered and Krylov backward solver, then the others."""
+    implicit = [Candidate(f"implicit[{name}]", Implicit(name)) for name in backward_solvers()]
     return implicit + [
-        Mode(f"phantom[k={phantom_steps}, λ={phantom_damping:g}]", "phantom",
-             {"phantom_steps": phantom_steps, "phantom_damping": phantom_damping}),
-        Mode("jfb", "jfb", {}),
-        Mode("unroll", "unroll", {}),
+        Candidate(f"phantom[k={phantom.steps}, λ={phantom.damping:g}]", phantom),
+        Candidate("jfb", JFB()),
+        Candidate("unroll", Unroll()),
     ]
 
 
@@ -88,59 +82,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare gradient modes of implicit.fixed_point against the exact gradient.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--problems", nargs="+", default=list(DEFAULT_PROBLEMS), metavar="NAME",
-                        help="built-in problems or family prefixes")
-    parser.add_argument("--problem", action="append", default=[], metavar="MODULE:FUNCTION",
-                        help="add a user problem (see benchmarks.compare_solvers --help)")
-    parser.add_argument("--dims", nargs="+", type=int, default=list(DEFAULT_DIMS))
-    parser.add_argument("--batch", type=int, default=32)
+    cli.add_flags(parser, DEFAULTS)
     parser.add_argument("--solver", default="broyden", help="forward solver (registry name)")
-    parser.add_argument("--tol", type=float, default=1e-5,
-                        help="forward and backward per-sample relative tolerance")
-    parser.add_argument("--max-iter", type=int, default=500,
-                        help="forward and backward iteration limit (also unroll's length)")
     parser.add_argument("--phantom-steps", type=int, default=5)
     parser.add_argument("--phantom-damping", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode")
-    parser.add_argument("--budget", type=float, default=3.0,
-                        help="stop timing a mode after this many seconds (>= 1 call)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, metavar="PATH")
-    parser.add_argument("--csv", default=None, metavar="PATH")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {', '.join(QUICK_PROBLEMS)} at d = {QUICK_DIMS[0]}, "
-                        f"batch {QUICK_BATCH}, max 200 iterations, 1 timed call, XLA backend "
-                        "optimisation off (timings not representative)")
-    parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the comparison: the shared settings, the forward solver, the phantom mode."""
+
+    common: cli.Common
+    solver: str
+    phantom: Phantom
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The :class:`Config` of parsed flags; ``ValueError`` names a bad one."""
+    return Config(cli.common(args, DEFAULTS), args.solver,
+                  Phantom(args.phantom_steps, args.phantom_damping))
+
+
 def run_problem(
-    problem: Problem, mode_list: list[Mode], args: argparse.Namespace, repeats: int,
-    on_step: Callable[[], None],
+    problem: Problem, modes: list[Candidate], config: Config, on_step: Callable[[], None],
 ) -> list[dict[str, Any]]:
     """Every mode on ``problem``: rows of the table."""
-    from implicit import fixed_point
+    common = config.common
+    ref = reference_lib.compute(problem, common.seed, common.compiler_options)
+    forward = solvers.get(config.solver, max_iter=common.max_iter, tol=common.tol,
+                          stop_mode="rel", batch_axis=0)
+    programs = {}
+    for candidate in modes:
+        def solution(z0: Any, *a: Any, mode: Mode = candidate.mode) -> Any:
+            return fixed_point(problem.f, z0, *a, solver=forward, backward=mode).value
 
-    options_xla = timing.FAST_COMPILE if args.quick else None
-    ref = reference_lib.compute(problem, args.seed, options_xla)
-    options = {"max_iter": args.max_iter, "tol": args.tol, "stop_mode": "rel", "batch_axis": 0}
-    candidates = {}
-    for mode in mode_list:
-        def solution(z0: Any, *a: Any, mode: Mode = mode) -> Any:
-            return fixed_point(problem.f, z0, *a, solver=args.solver, solver_options=options,
-                               backward=mode.backward, **mode.kwargs).value
-
-        candidates[mode.label] = (loss_and_grad(problem, solution, ref.cotangent),
-                                  (problem.z0, *problem.args))
-    outcomes = measure(candidates, repeats, args.budget, on_step, options_xla)
+        programs[candidate.label] = (loss_and_grad(problem, solution, ref.cotangent),
+                                     (problem.z0, *problem.args))
+    outcomes = measure(programs, common.repeats, common.budget, on_step, common.compiler_options)
     rows = []
-    for mode in mode_list:
-        outcome = outcomes[mode.label]
+    for candidate in modes:
+        outcome = outcomes[candidate.label]
+        mode = candidate.mode
         row: dict[str, Any] = {
             "problem": problem.name, "dim": problem.dim, "batch": problem.batch,
-            "mode": mode.label, "backward": mode.backward,
-            "backward_solver": mode.kwargs.get("backward_solver"), "status": "ok", "note": None,
+            "mode": candidate.label, "backward": mode.name,
+            "backward_solver": getattr(mode, "solver", None), "status": "ok", "note": None,
         }
         if outcome.error:
             row.update(status="error", note=outcome.error)
@@ -157,7 +144,7 @@ def run_problem(
             if outcome.warnings:
                 row["note"] = "; ".join(outcome.warnings)
         rows.append(row)
-    base = next((r for r in rows if r["mode"] == f"implicit[{args.solver}]"), None)
+    base = next((r for r in rows if r["mode"] == f"implicit[{config.solver}]"), None)
     for row in rows:
         if base and base.get("forward_backward_s") and row.get("forward_backward_s"):
             row["vs_implicit"] = row["forward_backward_s"] / base["forward_backward_s"]
@@ -180,51 +167,29 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the comparison described by the parsed ``args``; returns the result record."""
-    quiet_jaxopt()
+def run(config: Config) -> dict[str, Any]:
+    """Run the comparison described by ``config``; returns the result record."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    if args.quick:
-        names = args.problems if args.problems != list(DEFAULT_PROBLEMS) else QUICK_PROBLEMS
-        dims = QUICK_DIMS if args.dims == list(DEFAULT_DIMS) else args.dims
-        batch = QUICK_BATCH if args.batch == 32 else args.batch
-        args.max_iter = min(args.max_iter, 200)
-        repeats = 1
-    else:
-        names, dims, batch, repeats = args.problems, args.dims, args.batch, args.repeats
-    args.batch = batch
+    common = config.common
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
-    missing = implicit_missing()
-    problems: list[Problem] = []
-    if missing:
-        notes.append(f"nothing measured: {missing}")
-    else:
-        for name in problems_lib.select(names):
-            sizes = dims[:1] if name in problems_lib.FIXED_SIZE else dims
-            for dim in sizes:
-                try:
-                    problems.append(problems_lib.build(name, dim, batch, args.seed))
-                except problems_lib.ProblemUnavailable as why:
-                    notes.append(f"problem `{name}` skipped: {why}")
-                    break
-        problems += [problems_lib.user_problem(spec) for spec in args.problem]
-    mode_list = modes(args.solver, args.phantom_steps, args.phantom_damping)
-    with tqdm(total=len(problems) * len(mode_list), desc="backward_modes", file=sys.stderr,
-              unit="mode", disable=args.no_progress, leave=False) as progress:
+    problems = cli.build_problems(common, notes)
+    modes = candidates(config.phantom)
+    with tqdm(total=len(problems) * len(modes), desc="backward_modes", file=sys.stderr,
+              unit="mode", disable=not common.progress, leave=False) as progress:
         for problem in problems:
             progress.set_postfix_str(f"{problem.name} d={problem.dim}")
-            rows += run_problem(problem, mode_list, args, repeats, lambda: progress.update(1))
+            rows += run_problem(problem, modes, config, lambda: progress.update(1))
     return {
-        "settings": {"solver": args.solver, "tol": args.tol, "max_iter": args.max_iter,
-                     "batch": batch, "dims": list(dims), "repeats": repeats,
-                     "phantom_steps": args.phantom_steps,
-                     "phantom_damping": args.phantom_damping,
+        "settings": {"solver": config.solver, "tol": common.tol, "max_iter": common.max_iter,
+                     "batch": common.batch, "dims": list(common.dims),
+                     "repeats": common.repeats, "phantom_steps": config.phantom.steps,
+                     "phantom_damping": config.phantom.damping,
                      "problems": [p.name for p in problems]},
         "machine": report.machine(),
-        "modes": [m.label for m in mode_list],
+        "modes": [c.label for c in modes],
         "rows": rows,
         "notes": notes,
         "seconds": time.perf_counter() - start,
@@ -235,10 +200,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Command-line entry point; prints the markdown report and returns the result record."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.max_iter < 1 or args.repeats < 1 or not args.tol > 0:
-        parser.error("--batch, --max-iter and --repeats must be >= 1 and --tol > 0")
-    result = run(args)
-    report.emit(result, render(result), args.json, args.csv, CSV_KEYS)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    result = run(config)
+    report.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
     return result
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import math
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -45,17 +44,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import cli, report, timing
 from benchmarks import contenders as contenders_lib
 from benchmarks import problems as problems_lib
 from benchmarks import reference as reference_lib
-from benchmarks import report, timing
 from benchmarks.measure import (
     loss_and_grad,
     max_or_nan,
     measure,
     relative_residuals,
 )
-from benchmarks.problems import Problem
+from benchmarks.problem import Problem
 
 DEFAULT_DIMS = (256, 1024)
 DEFAULT_BATCH = 32
@@ -106,25 +105,20 @@ def parse_solver_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+DEFAULTS = cli.Defaults(
+    problems=(*problems_lib.BUILDERS, *problems_lib.OPTIONAL), dims=DEFAULT_DIMS,
+    batch=DEFAULT_BATCH, tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER, repeats=5,
+    quick_problems=QUICK_PROBLEMS, quick_dims=QUICK_DIMS, quick_batch=QUICK_BATCH,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare_solvers",
         description="Compare fixed-point solvers (registered ones and peers) side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    known = ", ".join([*problems_lib.BUILDERS, *problems_lib.OPTIONAL])
-    parser.add_argument("--problems", nargs="+", default=None, metavar="NAME",
-                        help=f"built-in problems or family prefixes ({known}); default: all")
-    parser.add_argument("--problem", action="append", default=[], metavar="MODULE:FUNCTION",
-                        help="add a user problem: FUNCTION() returns (f, z0, args) or "
-                        "(f, z0, args, in_axes), z0 batched on axis 0 (repeatable)")
-    parser.add_argument("--dims", nargs="+", type=int, default=list(DEFAULT_DIMS),
-                        help="per-sample sizes of the sized problems")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="samples per problem")
-    parser.add_argument("--tol", type=float, default=DEFAULT_TOL,
-                        help="per-sample relative tolerance ‖f(z) − z‖ / ‖f(z)‖")
-    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
-                        help="iteration limit of every solver")
+    cli.add_flags(parser, DEFAULTS)
     parser.add_argument("--solvers", nargs="+", default=None, metavar="NAME",
                         help="contenders to run (registered names and peer names); default: all")
     parser.add_argument("--no-peers", action="store_true", help="registered solvers only")
@@ -135,101 +129,47 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest d for the dense-Jacobian peers (optx.Newton, optx.Chord)")
     parser.add_argument("--dense-grad-max-dim", type=int, default=2048,
                         help="largest d for optimistix's dense implicit gradient")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
-    parser.add_argument("--budget", type=float, default=3.0,
-                        help="stop timing a contender after this many seconds (>= 1 call)")
     parser.add_argument("--no-grad", action="store_true",
                         help="skip forward+backward time, gradient error and memory")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="the transformer problem from this models checkpoint")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the problems")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
     parser.add_argument("--plots", default="runs/compare_solvers", metavar="DIR",
                         help="folder for the residual plots (one PNG per problem and size)")
     parser.add_argument("--no-plots", action="store_true", help="draw no plots")
     parser.add_argument("--no-peer-traces", action="store_true",
-                        help="plot registered solvers only (peer traces need one extra run each)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run under a minute: {', '.join(QUICK_PROBLEMS)} at d = "
-                        f"{QUICK_DIMS[0]}, batch {QUICK_BATCH}, 1 timed call, no peer traces, "
-                        "XLA backend optimisation off (timings not representative)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="plot registered solvers only (peer traces need one extra run each; "
+                        "off with --quick)")
     return parser
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    problems: tuple[str, ...]
-    user_problems: tuple[str, ...]
-    dims: tuple[int, ...]
-    batch: int
+    """One run of the comparison: the shared settings and this benchmark's own."""
+
+    common: cli.Common
     settings: contenders_lib.Settings
     solvers: Optional[tuple[str, ...]]
     peers: bool
-    repeats: int
-    budget: float
     grad: bool
     checkpoint: Optional[str]
-    seed: int
     plots: Optional[str]
     peer_traces: bool
-    progress: bool
-    compiler_options: Optional[dict] = None
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    if args.quick:
-        problems = tuple(args.problems or QUICK_PROBLEMS)
-        dims = QUICK_DIMS if args.dims == list(DEFAULT_DIMS) else tuple(args.dims)
-        batch = QUICK_BATCH if args.batch == DEFAULT_BATCH else args.batch
-        repeats = 1
-        peer_traces = False
-    else:
-        problems = tuple(args.problems or [*problems_lib.BUILDERS, *problems_lib.OPTIONAL])
-        dims, batch, repeats = tuple(args.dims), args.batch, args.repeats
-        peer_traces = not args.no_peer_traces
-    for name, value, low in (("--batch", batch, 1), ("--max-iter", args.max_iter, 1),
-                             ("--repeats", repeats, 1)):
-        if value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-    if not (args.tol > 0 and math.isfinite(args.tol)):
-        raise ValueError(f"--tol must be a finite number > 0, got {args.tol}")
-    if any(d < 1 for d in dims):
-        raise ValueError(f"--dims must be positive, got {list(dims)}")
+    common = cli.common(args, DEFAULTS)
     settings = contenders_lib.Settings(
-        tol=args.tol, max_iter=args.max_iter, dense_max_dim=args.dense_max_dim,
+        tol=common.tol, max_iter=common.max_iter, dense_max_dim=args.dense_max_dim,
         dense_grad_max_dim=args.dense_grad_max_dim,
         solver_options=parse_solver_options(args.solver_option),
     )
     return Config(
-        problems=tuple(problems_lib.select(problems)) if problems else (),
-        user_problems=tuple(args.problem), dims=dims, batch=batch, settings=settings,
+        common=common, settings=settings,
         solvers=tuple(args.solvers) if args.solvers else None, peers=not args.no_peers,
-        repeats=repeats, budget=args.budget, grad=not args.no_grad,
-        checkpoint=args.checkpoint, seed=args.seed,
-        plots=None if args.no_plots else args.plots, peer_traces=peer_traces,
-        progress=not args.no_progress,
-        compiler_options=timing.FAST_COMPILE if args.quick else None,
+        grad=not args.no_grad, checkpoint=args.checkpoint,
+        plots=None if args.no_plots else args.plots,
+        peer_traces=not (args.no_peer_traces or common.quick),
     )
-
-
-def problem_instances(config: Config, notes: list[str]) -> list[Problem]:
-    """Build every selected problem at every size; unavailable ones become notes."""
-    built: list[Problem] = []
-    user = [problems_lib.user_problem(spec) for spec in config.user_problems]  # fail early
-    for name in config.problems:
-        dims = config.dims[:1] if name in problems_lib.FIXED_SIZE else config.dims
-        for dim in dims:
-            try:
-                built.append(problems_lib.build(
-                    name, dim, config.batch, config.seed, config.checkpoint))
-            except problems_lib.ProblemUnavailable as why:
-                if name == "transformer" and config.checkpoint:
-                    raise ValueError(f"--checkpoint {config.checkpoint}: {why}") from None
-                notes.append(f"problem `{name}` skipped: {why}")
-                break
-    return built + user
 
 
 def _per_sample(values: Any) -> np.ndarray:
@@ -245,7 +185,7 @@ def run_problem(
     """Measure every contender on ``problem``; returns ``(rows, plot curves, notes)``."""
     settings = config.settings
     notes: list[str] = []
-    ref = reference_lib.compute(problem, config.seed, config.compiler_options)
+    ref = reference_lib.compute(problem, config.common.seed, config.common.compiler_options)
     if max(ref.forward_residual, ref.adjoint_residual) > 1e-9:
         notes.append(
             f"`{problem.name}` d={problem.dim}: the float64 reference reached only "
@@ -256,7 +196,7 @@ def run_problem(
     z_star = jax.tree_util.tree_map(lambda r, z: np.asarray(r, np.asarray(z).dtype),
                                     ref.value, problem.z0)
     f_calls = timing.f_loop_calls(problem.f, z_star, problem.args,
-                                  compiler_options=config.compiler_options)
+                                  compiler_options=config.common.compiler_options)
     residuals = relative_residuals(problem)
     call_args = (problem.z0, *problem.args)
 
@@ -292,10 +232,11 @@ def run_problem(
     # times taken under the same load.
     forward_fns[F_LOOP] = (timing.f_loop(problem.f),
                            (jnp.asarray(f_calls, jnp.int32), z_star, *problem.args))
-    forward = measure(forward_fns, config.repeats, config.budget, tick, config.compiler_options)
+    common = config.common
+    forward = measure(forward_fns, common.repeats, common.budget, tick, common.compiler_options)
     f_call_s = timing.median(forward.pop(F_LOOP).seconds) / f_calls
-    backward = measure(grad_fns, max(1, min(config.repeats, 3)), config.budget, tick,
-                       config.compiler_options)
+    backward = measure(grad_fns, max(1, min(common.repeats, 3)), common.budget, tick,
+                       common.compiler_options)
 
     for name, outcome in forward.items():
         row = rows[name]
@@ -452,22 +393,19 @@ def render(result: dict[str, Any]) -> str:
 
 def run(config: Config) -> dict[str, Any]:
     """Run the suite described by ``config``; returns the result record (also the JSON)."""
-    contenders_lib.quiet_jaxopt()
     from tqdm import tqdm
 
     start = time.perf_counter()
     notes: list[str] = []
     contenders = contenders_lib.select(
         contenders_lib.all_contenders(config.peers), list(config.solvers or []))
-    missing = contenders_lib.implicit_missing() if config.grad else None
-    if missing:
-        notes.append(f"forward+backward columns of the registered solvers are empty: {missing}")
-    problems = problem_instances(config, notes)
+    common = config.common
+    problems = cli.build_problems(common, notes, config.checkpoint)
     rows: list[dict[str, Any]] = []
     plots: list[str] = []
     total = len(problems) * (len(contenders) * (2 if config.grad else 1) + 1)
     with tqdm(total=total, desc="compare_solvers", file=sys.stderr, unit="run",
-              disable=not config.progress, leave=False) as progress:
+              disable=not common.progress, leave=False) as progress:
         for problem in problems:
             progress.set_postfix_str(f"{problem.name} d={problem.dim}")
             problem_rows, curves, problem_notes = run_problem(
@@ -485,7 +423,7 @@ def run(config: Config) -> dict[str, Any]:
     return {
         "settings": {
             "tol": config.settings.tol, "max_iter": config.settings.max_iter,
-            "batch": config.batch, "dims": list(config.dims), "repeats": config.repeats,
+            "batch": common.batch, "dims": list(common.dims), "repeats": common.repeats,
             "dense_max_dim": config.settings.dense_max_dim,
             "dense_grad_max_dim": config.settings.dense_grad_max_dim,
             "solver_options": config.settings.solver_options, "grad": config.grad,
@@ -514,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         result = run(config)
     except ValueError as err:  # bad problem specs and checkpoints: a usage error, not a trace
         build_parser().error(str(err))
-    report.emit(result, render(result), args.json, args.csv, CSV_KEYS)
+    report.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
     return result
 
 

@@ -40,7 +40,6 @@ import dataclasses
 import functools
 import importlib.util
 import os
-import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -48,10 +47,13 @@ import jax.numpy as jnp
 from jax import lax
 
 import solvers
-from benchmarks.problems import Problem
+from benchmarks.problem import Problem
 from benchmarks.reference import Reference
+from implicit import fixed_point
+from solvers import residuals
+from solvers.quiet_jaxopt import import_jaxopt
+from solvers.types import PyTree
 
-PyTree = Any
 Fn = Callable[..., Any]
 
 # Equinox (under optimistix) raises at run time when a solve fails (e.g. a singular linear
@@ -78,14 +80,6 @@ class Settings:
     dense_max_dim: int = 256
     dense_grad_max_dim: int = 2048
     solver_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-
-
-def _rel_residual_row(z: PyTree, fz: PyTree) -> jax.Array:
-    """``‖f(z) − z‖ / ‖f(z)‖`` for one sample (all leaves together)."""
-    diff = sum(jnp.sum((a - b) ** 2) for a, b in zip(
-        jax.tree_util.tree_leaves(fz), jax.tree_util.tree_leaves(z), strict=True))
-    norm = sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(fz))
-    return jnp.sqrt(diff) / jnp.maximum(jnp.sqrt(norm), jnp.finfo(jnp.float32).tiny)
 
 
 class Contender:
@@ -117,15 +111,6 @@ class Contender:
 # ----------------------------------------------------------------------------- registry
 
 
-def implicit_missing() -> Optional[str]:
-    """Why :func:`implicit.fixed_point` cannot be used (``None`` if it can)."""
-    try:
-        from implicit import fixed_point  # noqa: F401
-    except Exception as err:  # ImportError, or a half-written package
-        return f"implicit.fixed_point is unavailable ({type(err).__name__}: {err})"
-    return None
-
-
 class Registered(Contender):
     """A solver from :func:`solvers.available`, run on the batched ``f`` with ``batch_axis=0``."""
 
@@ -151,11 +136,6 @@ class Registered(Contender):
         return run
 
     def solution(self, problem: Problem, ref: Reference, settings: Settings) -> Union[Fn, str]:
-        missing = implicit_missing()
-        if missing:
-            return missing
-        from implicit import fixed_point
-
         options = self.options(settings)
 
         def value(z0: PyTree, *args: PyTree) -> PyTree:
@@ -190,7 +170,7 @@ def _scan_trace(
     def one(z0: PyTree, atol_i: jax.Array, *args: PyTree) -> jax.Array:
         state = init(z0, atol_i, *args)
         y = read(state)
-        r0 = _rel_residual_row(y, f_single(y, *args))
+        r0 = residuals(y, f_single(y, *args))[1]
         # A solver state may hold non-array leaves (optimistix's Chord keeps a jaxpr):
         # only the arrays are carried through the scan, the rest is fixed.
         leaves, treedef = jax.tree_util.tree_flatten(state)
@@ -208,7 +188,7 @@ def _scan_trace(
             arrays, best = carry
             state = step(merge(arrays), atol_i, *args)
             y = read(state)
-            r = _rel_residual_row(y, f_single(y, *args))
+            r = residuals(y, f_single(y, *args))[1]
             best = jnp.where(jnp.isfinite(r), jnp.minimum(best, r), best)
             return (split(state), best), best
 
@@ -226,14 +206,13 @@ class JaxoptBroyden(Contender):
     description = "jaxopt.Broyden(history_size=30, gamma=-1, stepsize=1).run, vmap per sample"
 
     def _solver(self, problem: Problem, atol: jax.Array, settings: Settings) -> Any:
-        import jaxopt
-
         f_single = problem.per_sample()
+        jaxopt = import_jaxopt()
         return jaxopt.Broyden(
             lambda y, *a: jax.tree_util.tree_map(jnp.subtract, f_single(y, *a), y),
             history_size=30, gamma=-1.0, stepsize=1.0, maxiter=settings.max_iter, tol=atol,
             implicit_diff_solve=functools.partial(
-                jaxopt.linear_solve.solve_normal_cg, tol=settings.tol
+                import_jaxopt("linear_solve").solve_normal_cg, tol=settings.tol
             ),
         )
 
@@ -385,10 +364,3 @@ def select(contenders: list[Contender], names: Optional[list[str]]) -> list[Cont
             f"unknown solver(s) {', '.join(map(repr, unknown))}; available: {', '.join(known)}"
         )
     return [known[n] for n in names]
-
-
-def quiet_jaxopt() -> None:
-    """Silence exactly jaxopt's import-time deprecation notice (it is in maintenance mode)."""
-    warnings.filterwarnings(
-        "ignore", message="JAXopt is no longer maintained", category=DeprecationWarning
-    )

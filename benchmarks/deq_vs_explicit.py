@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from benchmarks import report
-from benchmarks.timing import median, memory_of
+from benchmarks.timing import FAST_COMPILE, median, memory_of
 from models.config import TrainConfig, validate_config
 from models.data import BatchSampler, eval_batches, load_corpus, split_corpus
 from models.lm import make_model
@@ -46,7 +46,6 @@ from models.metrics import BackwardWarningCounter
 from models.optim import learning_rate_schedule, make_optimizer
 from models.sharding import make_mesh, replicate, shard_batch, to_host
 from models.step import (
-    FAST_COMPILE,
     init_state,
     make_eval_step,
     make_train_step,

@@ -20,10 +20,9 @@ import jax
 import numpy as np
 
 from benchmarks import timing
-from benchmarks.problems import Problem
+from benchmarks.problem import Problem
 from benchmarks.reference import loss, per_sample_relative_residual
-
-PyTree = Any
+from solvers.types import PyTree
 
 
 @dataclasses.dataclass

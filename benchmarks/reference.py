@@ -23,10 +23,10 @@ import numpy as np
 
 import solvers
 from benchmarks import timing
-from benchmarks.problems import Problem
-from solvers.flat import flat_view
+from benchmarks.problem import Problem
+from solvers import pytree, residuals
+from solvers.types import PyTree
 
-PyTree = Any
 REFERENCE_TOL = 1e-12
 REFERENCE_MAX_ITER = 2000
 
@@ -54,45 +54,21 @@ class Reference:
 
 def cotangent_like(z0: PyTree, seed: int = 0) -> PyTree:
     """A fixed standard-normal pytree shaped like ``z0``: the ``c`` of ``L = Σ c ⊙ z*``."""
-    leaves, treedef = jax.tree_util.tree_flatten(z0)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef,
-        [
-            jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
-            for k, x in zip(keys, leaves, strict=True)
-        ],
-    )
+    return pytree.gaussian_like(jax.random.PRNGKey(seed), z0)
 
 
 def loss(z: PyTree, cotangent: PyTree) -> jax.Array:
     """``L = Σ c ⊙ z``, summed over every leaf."""
-    return sum(
-        jnp.sum(a * b)
-        for a, b in zip(
-            jax.tree_util.tree_leaves(z), jax.tree_util.tree_leaves(cotangent), strict=True
-        )
-    )
+    return pytree.vdot(cotangent, z)
 
 
 def per_sample_relative_residual(z: PyTree, fz: PyTree) -> jax.Array:
     """``‖f(z)_i − z_i‖ / ‖f(z)_i‖`` per sample (axis 0), exactly as the solvers' ``"rel"`` mode."""
-    view = flat_view(z, 0)
-    return solvers.residuals(view.to_matrix(z), view.to_matrix(fz))[1]
+    return residuals(z, fz, batch_axis=0)[1]
 
 
 def _max_rel_residual(z: PyTree, fz: PyTree) -> float:
     return float(jnp.max(per_sample_relative_residual(z, fz)))
-
-
-def row_norms(tree: PyTree) -> jax.Array:
-    """Per-sample Euclidean norm over every leaf of a batched pytree."""
-    return jnp.sqrt(
-        sum(
-            jnp.sum(jnp.reshape(a, (a.shape[0], -1)).astype(jnp.float32) ** 2, axis=1)
-            for a in jax.tree_util.tree_leaves(tree)
-        )
-    )
 
 
 def compute(
@@ -146,7 +122,7 @@ def compute(
         adjoint_residual = _max_rel_residual(u, adj_u)
         grads = jax.tree_util.tree_map(np.asarray, grads)
         value = jax.tree_util.tree_map(np.asarray, z)
-        scale = np.asarray(row_norms(fz))
+        scale = np.asarray(pytree.row_norms(fz))
     return Reference(
         value=value,
         grads=tuple(grads),
@@ -158,30 +134,16 @@ def compute(
 
 
 def relative_error(grads: tuple, reference: tuple) -> float:
-    """``‖g − g_ref‖ / ‖g_ref‖`` over all leaves together (NaN if ``g`` is not finite)."""
-    num = 0.0
-    den = 0.0
-    for g, r in zip(
-        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference), strict=True
-    ):
-        g = np.asarray(g, np.float64)
-        r = np.asarray(r, np.float64)
-        num += float(np.sum((g - r) ** 2))
-        den += float(np.sum(r**2))
-    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+    """``‖g − g_ref‖ / ‖g_ref‖`` over all leaves together (``inf`` if ``g`` is not finite)."""
+    with jax.enable_x64(True):
+        return float(pytree.relative_error(_float64(grads), _float64(reference)))
 
 
 def cosine_similarity(grads: tuple, reference: tuple) -> float:
     """Cosine of the angle between ``g`` and ``g_ref``, all leaves flattened together."""
-    dot = 0.0
-    gg = 0.0
-    rr = 0.0
-    for g, r in zip(
-        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference), strict=True
-    ):
-        g = np.asarray(g, np.float64)
-        r = np.asarray(r, np.float64)
-        dot += float(np.sum(g * r))
-        gg += float(np.sum(g * g))
-        rr += float(np.sum(r * r))
-    return dot / float(np.sqrt(gg * rr)) if gg > 0 and rr > 0 else float("nan")
+    with jax.enable_x64(True):
+        return float(pytree.cosine_similarity(_float64(grads), _float64(reference)))
+
+
+def _float64(tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)

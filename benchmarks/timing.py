@@ -40,9 +40,13 @@ class Compiled:
         return memory_of(self.fn)
 
 
-# XLA options of a smoke run (``--quick``): no backend optimisation, so compiling takes
-# about half as long; the timings of such a run are not representative.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FAST_COMPILE: dict[str, Any] = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+"""XLA options (``compiler_options`` of ``jax.jit`` or of ``Lowered.compile``) that compile
+several times faster for slower programs: for tests and smoke runs (``--quick``), never
+for measurements."""
 
 
 def compile_fn(

@@ -14,13 +14,15 @@ reported unavailable with the reason, and the benchmark carries on without it.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.problems import Problem, ProblemUnavailable
+from benchmarks.problem import Problem, ProblemUnavailable
 
 PREFIX = "lm/deq/"  # where the DEQ language model keeps its block's parameters
 
@@ -38,8 +40,6 @@ def _load(checkpoint: Optional[str], seed: int) -> tuple:
         model = make_model(config)
         tokens = jnp.zeros((1, config.seq_len), jnp.int32)
         return config, model.init(jax.random.key(config.seed), tokens)
-    import os
-
     path = checkpoint_path(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     saved = read_meta(path)["config"]
     config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
@@ -56,7 +56,7 @@ def build(batch: int, seed: int = 0, checkpoint: Optional[str] = None) -> Proble
     try:
         import haiku as hk
 
-        from models.data import load_corpus
+        from models.data import VOCAB_SIZE, load_corpus
         from models.transformer import DEQTransformerLM, InjectionBlock
     except Exception as err:  # noqa: BLE001 — a package in progress may fail in many ways
         raise ProblemUnavailable(f"models is not usable here ({type(err).__name__}: {err})") from None
@@ -67,21 +67,16 @@ def build(batch: int, seed: int = 0, checkpoint: Optional[str] = None) -> Proble
     except Exception as err:  # noqa: BLE001
         raise ProblemUnavailable(f"cannot build the model's parameters ({type(err).__name__}: {err})") from None
 
-    block_kwargs = dict(
-        d_model=config.d_model, num_heads=config.num_heads, block_layers=config.block_layers,
-        mlp_ratio=config.mlp_ratio, dropout_rate=0.0, init_std=config.init_std,
-        out_init_scale=config.out_init_scale,
-    )
+    block_config = dataclasses.replace(config.block_config(), dropout_rate=0.0)
     block_params = {k[len(PREFIX):]: v for k, v in params.items() if k.startswith(PREFIX)}
     if not block_params:
         raise ProblemUnavailable(f"no parameters under {PREFIX!r} in the model's parameter tree")
     block = hk.without_apply_rng(hk.transform(
-        lambda z, x, mask: InjectionBlock(**block_kwargs, name="block")(z, x, mask)))
+        lambda z, x, mask: InjectionBlock(block_config, name="block")(z, x, mask)))
     embed = hk.without_apply_rng(hk.transform(
         lambda tokens: DEQTransformerLM(
-            256, config.d_model, config.num_heads, config.block_layers,
-            max_seq_len=config.seq_len, mlp_ratio=config.mlp_ratio, init_std=config.init_std,
-            out_init_scale=config.out_init_scale, embed_std=config.embed_std, name="lm",
+            VOCAB_SIZE, block_config, max_seq_len=config.seq_len, embed_std=config.embed_std,
+            name="lm",
         ).embed(tokens, None)))
 
     corpus = np.frombuffer(load_corpus(), dtype=np.uint8)

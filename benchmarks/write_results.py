@@ -1,16 +1,17 @@
-"""Write the README's "Results" section from the benchmark commands.
+"""Write the benchmark results: the full tables to ``docs/results.md``, a summary to the README.
 
-    python -m benchmarks.write_results                 # run both benchmarks, update README.md
-    python -m benchmarks.write_results --dry-run       # print the section, write nothing
+    python -m benchmarks.write_results                 # run both benchmarks, write both files
+    python -m benchmarks.write_results --dry-run       # print what would be written
     python -m benchmarks.write_results --compare-json cs.json --backward-json bm.json
 
-The section replaces everything between the markers ``<!-- results:start -->`` and
-``<!-- results:end -->`` of the README (the markers stay). Without both markers, in that
-order and once each, the script stops with an error and writes nothing. The section
-holds the machine the numbers were measured on, the commands that reproduce them, and
-the tables of :mod:`benchmarks.compare_solvers` and :mod:`benchmarks.backward_modes`
-(run here, in this process, unless their ``--json`` output is given). Residual plots go
-to ``--plots-dir`` and the slow-modes ones are linked from the section.
+``docs/results.md`` (``--output``) is written whole: the machine the numbers were
+measured on, the commands that reproduce them, and the tables of
+:mod:`benchmarks.compare_solvers` and :mod:`benchmarks.backward_modes` (run here, in this
+process, unless their ``--json`` output is given). The README (``--readme``) keeps a
+short summary of the same run between the markers ``<!-- results:start -->`` and
+``<!-- results:end -->``, with a link to the full tables; without both markers, in that
+order and once each, the script stops with an error and writes nothing. Residual plots
+go to ``--plots-dir`` and the slow-modes ones are linked from the results file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from benchmarks import backward_modes, compare_solvers, report
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
-DEFAULT_PLOTS_DIR = "benchmarks/results"
+RESULTS_DIR = "docs"
+RESULTS_PATH = f"{RESULTS_DIR}/results.md"
+DEFAULT_PLOTS_DIR = f"{RESULTS_DIR}/plots"
 
 
 class MarkersMissing(RuntimeError):
@@ -53,44 +56,77 @@ def _commands(quick: bool) -> list[str]:
         "pip install -e '.[bench]'",
         f"python -m benchmarks.compare_solvers{flag}",
         f"python -m benchmarks.backward_modes{flag}",
-        f"python -m benchmarks.write_results{flag}   # rewrites this section",
+        f"python -m benchmarks.write_results{flag}   # rewrites this page and the README summary",
     ]
 
 
-def section(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool) -> str:
-    """The markdown of the Results section."""
-    machine = compare["machine"]
-    date = datetime.date.today().isoformat()
+def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool,
+                 page_dir: str = RESULTS_DIR) -> str:
+    """The markdown of ``docs/results.md`` (which lies in ``page_dir``, where its plot links
+    start): every table, how it was measured and how to reproduce it."""
     lines = [
-        f"Measured {date} on {report.machine_line(machine)}"
-        + (f" (jaxopt {machine.get('jaxopt')}, optimistix {machine.get('optimistix')})"
-           if machine.get("optimistix") or machine.get("jaxopt") else "")
-        + ". All numbers of a table come from one process, measured side by side "
-        "(compiled ahead of time, one warm-up, median of round-robin timed calls, "
-        "`block_until_ready`). Reproduce with:",
+        "# Benchmark results",
+        "",
+        _measured_line(compare) + " Reproduce with:",
         "",
         "```bash",
         *_commands(quick),
         "```",
         "",
-        "### Solvers: `python -m benchmarks.compare_solvers`",
+        "## Solvers: `python -m benchmarks.compare_solvers`",
         "",
         compare_solvers.render(compare),
     ]
-    # Only plots inside the repository (relative paths) can be linked from the README.
+    # Only plots inside the repository (relative paths) can be linked.
     plots = [p for p in compare.get("plots", [])
              if "slow-modes" in os.path.basename(p) and not os.path.isabs(p)]
     if plots:
         lines += ["", "Residual against iteration and time (slow-modes):", ""]
-        lines += [f"![{os.path.basename(p)}]({p})" for p in plots]
+        lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, page_dir)})" for p in plots]
     if backward is not None:
         lines += [
             "",
-            "### Gradient modes: `python -m benchmarks.backward_modes`",
+            "## Gradient modes: `python -m benchmarks.backward_modes`",
             "",
             backward_modes.render(backward),
         ]
+    return "\n".join(lines) + "\n"
+
+
+def readme_summary(compare: dict[str, Any], backward: Optional[dict[str, Any]]) -> str:
+    """The README's short summary of the same results, linking to the full tables."""
+    lines = [
+        _measured_line(compare),
+        "",
+        f"Full tables, plots and the commands that reproduce them: [{RESULTS_PATH}]"
+        f"({RESULTS_PATH}).",
+    ]
+    if compare.get("checks"):
+        lines += ["", "Slow-modes problems, broyden against the fastest peer "
+                  "(speed-up > 1 when broyden is faster):", ""]
+        lines += [f"- {check}" for check in compare["checks"]]
+    if backward is not None:
+        lines += ["", "Gradient quality against the float64 exact gradient (cosine similarity, "
+                  "worst over the problems):", ""]
+        worst: dict[str, float] = {}
+        for row in backward["rows"]:
+            if row.get("cosine") is not None:
+                worst[row["mode"]] = min(worst.get(row["mode"], 1.0), float(row["cosine"]))
+        lines += [f"- {mode}: {cosine:.6f}" for mode, cosine in worst.items()]
     return "\n".join(lines)
+
+
+def _measured_line(compare: dict[str, Any]) -> str:
+    machine = compare["machine"]
+    date = datetime.date.today().isoformat()
+    return (
+        f"Measured {date} on {report.machine_line(machine)}"
+        + (f" (jaxopt {machine.get('jaxopt')}, optimistix {machine.get('optimistix')})"
+           if machine.get("optimistix") or machine.get("jaxopt") else "")
+        + ". All numbers of a table come from one process, measured side by side "
+        "(compiled ahead of time, one warm-up, median of round-robin timed calls, "
+        "`block_until_ready`)."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the benchmarks and write the README's Results section.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--readme", default="README.md", help="the file to update")
+    parser.add_argument("--readme", default="README.md",
+                        help="the file whose marked section gets the summary")
+    parser.add_argument("--output", default=RESULTS_PATH, help="the full results page to write")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the section to stdout and write nothing")
+                        help="print the page and the summary to stdout and write nothing")
     parser.add_argument("--quick", action="store_true", help="run both benchmarks with --quick")
     parser.add_argument("--compare-json", default=None, metavar="PATH",
                         help="use this compare_solvers --json output instead of running it")
@@ -119,7 +157,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    """Command-line entry point; returns the section it wrote (or printed)."""
+    """Command-line entry point; returns the results page it wrote (or printed)."""
     args = build_parser().parse_args(argv)
     text = None
     if not args.dry_run:
@@ -143,17 +181,23 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         if args.backward_json:
             backward = _load(args.backward_json)
         else:
-            backward = backward_modes.run(backward_modes.build_parser().parse_args(quick))
-    body = section(compare, backward, args.quick)
+            backward = backward_modes.run(backward_modes.config_from_args(
+                backward_modes.build_parser().parse_args(quick)))
+    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".")
+    summary = readme_summary(compare, backward)
     if args.dry_run:
-        print(body)
-        return body
+        print(page)
+        print(summary)
+        return page
     assert text is not None
-    updated = replace_between_markers(text, body, args.readme)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write(page)
     with open(args.readme, "w", encoding="utf-8") as handle:
-        handle.write(updated)
-    print(f"write_results: updated the Results section of {args.readme}", file=sys.stderr)
-    return body
+        handle.write(replace_between_markers(text, summary, args.readme))
+    print(f"write_results: wrote {args.output} and the summary in {args.readme}",
+          file=sys.stderr)
+    return page
 
 
 if __name__ == "__main__":

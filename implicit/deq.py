@@ -10,10 +10,12 @@ that shape); it is called with the same ``rng`` at every iteration.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
+import solvers
 from implicit.fixed_point import fixed_point
-from implicit.options import split_options
+from implicit.modes import Mode
+from solvers import Solver
 from solvers.types import PyTree
 
 
@@ -24,25 +26,21 @@ def deq(
     fun: Callable[..., PyTree],
     max_iter: int,
     *args: PyTree,
-    solver: str = "broyden",
-    backward: str = "implicit",
+    solver: Union[str, Solver] = "broyden",
+    backward: Union[str, Mode] = "implicit",
     return_stats: bool = False,
-    **options: Any,
+    **solver_options: Any,
 ) -> Any:
     """Solve ``z* = fun(params, rng, z*, *args)`` from ``z0`` in at most ``max_iter`` iterations.
 
-    Derivatives flow to ``params`` and ``args`` by the gradient mode ``backward``;
-    ``**options`` are split as in :class:`implicit.haiku.DEQ` (see
-    :func:`implicit.options.split_options`). Returns ``z*``, or ``(z*, stats)``
-    with ``return_stats=True``.
+    Derivatives flow to ``params`` and ``args`` by the gradient mode ``backward`` (a
+    value of :mod:`implicit.modes` or its name); ``**solver_options`` go to ``solver``.
+    Returns ``z*``, or ``(z*, stats)`` with ``return_stats=True``.
     """
-    solver_options, backward_kwargs = split_options(solver, {**options, "max_iter": max_iter})
+    forward = solvers.get(solver, **solver_options, max_iter=max_iter)
 
     def layer(z: PyTree, params: PyTree, *args: PyTree) -> PyTree:
         return fun(params, rng, z, *args)
 
-    solution = fixed_point(
-        layer, z0, params, *args,
-        solver=solver, solver_options=solver_options, backward=backward, **backward_kwargs,
-    )
+    solution = fixed_point(layer, z0, params, *args, solver=forward, backward=backward)
     return (solution.value, solution.stats) if return_stats else solution.value

@@ -4,9 +4,10 @@
     loss = jnp.sum(sol.value ** 2)   # gradients reach params and x through sol.value
     sol.stats                        # forward statistics, no gradient
 
-The forward solve is any solver of the registry (:mod:`solvers`), run under
-``stop_gradient``; the derivative comes from the gradient mode ``backward``
-(:mod:`implicit.backward`). With ``J = ∂f/∂z(z*)`` the default, ``"implicit"``, is
+The forward solve is any solver (:mod:`solvers`: a registry name or a
+:class:`solvers.Solver` value), run under ``stop_gradient``; the derivative comes from
+the gradient mode ``backward`` (:mod:`implicit.modes`). With ``J = ∂f/∂z(z*)`` the
+default, :class:`~implicit.modes.Implicit`, is
 
     dz* = (I − J)⁻¹ · ∂f/∂args(z*) · d(args),
 
@@ -17,12 +18,11 @@ fixed point ``u = u·∂f/∂z + ḡ`` followed by one VJP ``u·∂f/∂args``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import solvers
-from implicit.backward import implicit_mode, phantom_mode, unroll_mode
-from implicit.linear import make_linear_solve
-from implicit.options import check_backward
+from implicit.modes import Mode, as_mode
+from solvers import Solver
 from solvers.types import PyTree, Solution
 from solvers.validation import check_map, check_state
 
@@ -31,13 +31,9 @@ def fixed_point(
     f: Callable[..., PyTree],
     z0: PyTree,
     *args: PyTree,
-    solver: str = "broyden",
+    solver: Union[str, Solver] = "broyden",
     solver_options: Optional[Mapping[str, Any]] = None,
-    backward: str = "implicit",
-    backward_solver: Optional[str] = None,
-    backward_options: Optional[Mapping[str, Any]] = None,
-    phantom_steps: Optional[int] = None,
-    phantom_damping: Optional[float] = None,
+    backward: Union[str, Mode] = "implicit",
 ) -> Solution:
     """Solve ``z* = f(z*, *args)`` from ``z0``, differentiably with respect to ``args``.
 
@@ -46,21 +42,16 @@ def fixed_point(
         ``z0``. It may close over traced values (parameters of an outer
         transformation); they are differentiated like ``args``.
       z0: the initial guess (any pytree of floating arrays). Its derivative is
-        exactly zero in every mode but ``"unroll"``.
+        exactly zero in every mode but ``Unroll``.
       *args: pytrees passed to ``f``; derivatives flow to their floating leaves.
-      solver: a name from ``solvers.available()``.
-      solver_options: options of ``solver`` (``max_iter``, ``tol``, ``stop_mode``,
-        ``batch_axis``, ...).
-      backward: ``"implicit"`` (default), ``"phantom"``, ``"jfb"`` or ``"unroll"``.
-      backward_solver: ``"implicit"`` only: the solver of the tangent and adjoint
-        equations, a registry name (default: ``solver``) or ``"gmres"``,
-        ``"bicgstab"``, ``"normal_cg"`` (see :mod:`implicit.linear`).
-      backward_options: ``"implicit"`` only: options of ``backward_solver``. A
-        registry backward solver inherits ``max_iter``, ``tol``, ``stop_mode`` and
-        ``batch_axis`` from the forward solver unless given here; a Krylov one
-        inherits ``tol``.
-      phantom_steps, phantom_damping: ``"phantom"`` only: ``k`` steps of
-        ``z ← (1 − λ) z + λ f(z)`` from ``z*`` (defaults 5 and 0.5).
+      solver: the forward solver: a name from ``solvers.available()`` or a
+        :class:`solvers.Solver` value.
+      solver_options: options of the forward solver (``max_iter``, ``tol``,
+        ``stop_mode``, ``batch_axis``, ...), applied on top of a value's own.
+      backward: the gradient mode: :class:`~implicit.modes.Implicit` (default),
+        :class:`~implicit.modes.Phantom`, :class:`~implicit.modes.JFB`,
+        :class:`~implicit.modes.Unroll`, or their names ``"implicit"``, ``"phantom"``,
+        ``"jfb"``, ``"unroll"`` for their defaults.
 
     Returns:
       ``Solution(value, stats)``: ``value`` is the solver's ``z*`` and carries the
@@ -69,39 +60,14 @@ def fixed_point(
       not converge emits :class:`implicit.BackwardSolveWarning`.
 
     Raises:
-      ValueError: unknown ``solver``, ``backward`` or ``backward_solver`` (the
-        message lists the valid names), or a bad option value.
-      TypeError: an unknown option name, an option the mode does not use, or an
-        ``f`` that changes the pytree structure of the state (``ValueError`` when it
-        changes a leaf's shape or dtype; both name the leaf).
+      ValueError: an unknown ``solver`` or ``backward`` (the message lists the valid
+        names), or a bad option value.
+      TypeError: an unknown option name, or an ``f`` that changes the pytree structure
+        of the state (``ValueError`` when it changes a leaf's shape or dtype; both
+        name the leaf).
     """
-    steps, damping = check_backward(
-        backward, backward_solver, backward_options, phantom_steps, phantom_damping
-    )
-    solver_options = dict(solver_options or {})
-    if backward == "unroll":
-        if solver_options.get("fixed_length") is False:
-            raise ValueError(
-                "backward='unroll' differentiates through the iterations and needs "
-                "fixed_length=True; do not pass fixed_length=False"
-            )
-        solver_options["fixed_length"] = True
-    forward = solvers.get(solver, **solver_options)
-    forward_options = getattr(forward, "options", solver_options)
-    if backward == "implicit":
-        linear_solve = make_linear_solve(
-            solver if backward_solver is None else backward_solver,
-            backward_options,
-            forward_options,
-        )
-        mode = implicit_mode(linear_solve)
-    elif backward == "phantom":
-        mode = phantom_mode(steps, damping)
-    elif backward == "jfb":
-        mode = phantom_mode(1, 1.0)
-    else:
-        mode = unroll_mode
-
-    check_state(z0, forward_options.get("batch_axis"))
+    mode = as_mode(backward)
+    forward = mode.prepare(solvers.get(solver, **dict(solver_options or {})))
+    check_state(z0, forward.options["batch_axis"])
     check_map(f, z0, args)
-    return mode(f, z0, args, forward)
+    return mode.attach(f, z0, args, forward)

@@ -18,14 +18,17 @@ the chosen gradient mode.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
+import solvers
 from implicit.fixed_point import fixed_point
-from implicit.options import split_options
+from implicit.modes import Mode, as_mode
+from implicit.regularizers import JacobianPenalty
+from solvers import Solver
 from solvers.types import PyTree
 
 STATS_FIELDS = ("steps", "fevals", "abs_residual", "rel_residual", "converged")
@@ -39,19 +42,25 @@ class DEQ(hk.Module):
       fn: ``fn(z, x, *extra) -> z``, returning the structure, shapes and dtypes of
         ``z``; it creates its Haiku modules inside (do not close over modules
         created outside). It must not use Haiku state.
-      solver: the forward solver, a name from ``solvers.available()``.
-      backward: the gradient mode, ``"implicit"``, ``"phantom"``, ``"jfb"`` or ``"unroll"``.
+      solver: the forward solver: a name from ``solvers.available()`` or a
+        :class:`solvers.Solver` value.
+      backward: the gradient mode: a value of :mod:`implicit.modes` (``Implicit(...)``,
+        ``Phantom(...)``, ``JFB()``, ``Unroll()``) or the name of one for its defaults.
       name: the module name (default ``"deq"``).
-      return_stats: return ``(z*, stats)`` instead of ``z*``; ``stats`` is the
-        :class:`solvers.Stats` of the forward solve (no gradient).
+      return_stats: also return ``stats``, the :class:`solvers.Stats` of the forward
+        solve (no gradient).
       record_state: also store the statistics :data:`STATS_FIELDS` with
         ``hk.set_state`` (then transform with ``hk.transform_with_state``).
-      **options: split by :func:`implicit.options.split_options`:
-        ``backward_solver``, ``backward_options``, ``phantom_steps`` and
-        ``phantom_damping`` configure the gradient mode (as the keywords of
-        :func:`implicit.fixed_point`); every other name (``max_iter``, ``tol``,
-        ``stop_mode``, ``batch_axis``, ``history``, ...) is an option of ``solver``
-        and is checked now: an unknown name raises ``TypeError`` listing the valid ones.
+      jacobian_penalty: a :class:`implicit.JacobianPenalty`: also return its value at
+        ``z*`` for ``fn`` with the layer's parameters and rng key, to add (weighted)
+        to the loss. It draws one key with ``hk.next_rng_key()``.
+      **solver_options: options of ``solver`` (``max_iter``, ``tol``, ``stop_mode``,
+        ``batch_axis``, ``history``, ...), checked now: an unknown name raises
+        ``TypeError`` listing the valid ones.
+
+    Returns, when called: ``z*``; with ``return_stats``, ``(z*, stats)``; with a
+    ``jacobian_penalty``, the penalty is appended: ``(z*, penalty)`` or
+    ``(z*, stats, penalty)``.
 
     Randomness: when the transform is given an rng, one key is drawn per call
     before the solve and ``fn`` is applied with that same key at every iteration,
@@ -62,21 +71,26 @@ class DEQ(hk.Module):
     def __init__(
         self,
         fn: Callable[..., PyTree],
-        solver: str = "broyden",
-        backward: str = "implicit",
+        solver: Union[str, Solver] = "broyden",
+        backward: Union[str, Mode] = "implicit",
         name: Optional[str] = None,
         *,
         return_stats: bool = False,
         record_state: bool = False,
-        **options: Any,
+        jacobian_penalty: Optional[JacobianPenalty] = None,
+        **solver_options: Any,
     ) -> None:
         super().__init__(name=name)
         self.fn = fn
-        self.solver = solver
-        self.backward = backward
+        self.solver = solvers.get(solver, **solver_options)
+        self.backward = as_mode(backward)
         self.return_stats = return_stats
         self.record_state = record_state
-        self.solver_options, self.backward_kwargs = split_options(solver, options)
+        if jacobian_penalty is not None and not isinstance(jacobian_penalty, JacobianPenalty):
+            raise TypeError(
+                f"jacobian_penalty must be an implicit.JacobianPenalty, got {jacobian_penalty!r}"
+            )
+        self.jacobian_penalty = jacobian_penalty
         self._inner = hk.transform(fn)
 
     def __call__(self, x: PyTree, z0: Optional[PyTree] = None, *extra: PyTree) -> Any:
@@ -94,13 +108,16 @@ class DEQ(hk.Module):
             return apply(params, key, z, x, *extra)
 
         solution = fixed_point(
-            layer, z0, params, x, *extra,
-            solver=self.solver,
-            solver_options=self.solver_options,
-            backward=self.backward,
-            **self.backward_kwargs,
+            layer, z0, params, x, *extra, solver=self.solver, backward=self.backward
         )
         if self.record_state:
             for field in STATS_FIELDS:
                 hk.set_state(field, getattr(solution.stats, field))
-        return (solution.value, solution.stats) if self.return_stats else solution.value
+        outputs = (solution.value, solution.stats) if self.return_stats else (solution.value,)
+        if self.jacobian_penalty is not None:
+            penalty = self.jacobian_penalty(
+                lambda z, x, *extra: layer(z, params, x, *extra),
+                solution.value, x, *extra, key=hk.next_rng_key(),
+            )
+            outputs += (penalty,)
+        return outputs if len(outputs) > 1 else outputs[0]

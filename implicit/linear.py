@@ -11,7 +11,8 @@ residual ``F(z) = f(z) − z`` gives the operator ``A = ∂F/∂z = J − I``, a
 A :data:`LinearSolve` is ``solve(matvec, b) -> x`` with ``matvec(x) = A x``. Two
 kinds are built here, both by name:
 
-* **a fixed-point solver from the registry** (``"broyden"``, ``"anderson"``, ...):
+* **a fixed-point solver** from the registry (``"broyden"``, ``"anderson"``, ...) or a
+  :class:`solvers.Solver` value:
   ``A x = b`` with ``A = J − I`` is the linear fixed-point problem
 
       x = x + A x − b = J x − b,
@@ -35,25 +36,25 @@ import functools
 import math
 import warnings
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import solvers
+from solvers import Solver, pytree
 from solvers.options import Option, positive_float, positive_int, resolve
+from solvers.quiet_jaxopt import import_jaxopt
 from solvers.types import PyTree
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is in maintenance mode
-    import jaxopt.linear_solve as jaxopt_linear
+jaxopt_linear = import_jaxopt("linear_solve")
 
 Matvec = Callable[[PyTree], PyTree]
 LinearSolve = Callable[[Matvec, PyTree], PyTree]
 
-# Options of the forward solver that a registry backward solver inherits unless
-# they are given in ``backward_options`` (and the backward solver accepts them).
+# Options of the forward solver that a registry backward solver named by a string (or
+# left to default to the forward solver) inherits unless they are given explicitly.
 INHERITED_OPTIONS = ("max_iter", "tol", "stop_mode", "batch_axis")
 
 # A Krylov solve is reported as not converged when its true residual
@@ -95,11 +96,13 @@ KRYLOV_SOLVERS: Mapping[str, tuple[Callable[..., PyTree], Mapping[str, Option]]]
         "normal_cg": (jaxopt_linear.solve_normal_cg, _KRYLOV_COMMON),
     })
 )
+KRYLOV_NAMES: tuple[str, ...] = tuple(KRYLOV_SOLVERS)
+"""The Krylov backward solvers, by name."""
 
 
 def available() -> tuple[str, ...]:
-    """Names accepted as ``backward_solver``: the solver registry, then the Krylov solvers."""
-    return solvers.available() + tuple(KRYLOV_SOLVERS)
+    """Names accepted as the backward solver: the solver registry, then the Krylov solvers."""
+    return solvers.available() + KRYLOV_NAMES
 
 
 def _warn(what: str, converged: np.ndarray, residual: np.ndarray, tol: float) -> None:
@@ -110,8 +113,8 @@ def _warn(what: str, converged: np.ndarray, residual: np.ndarray, tol: float) ->
     warnings.warn(
         f"{what} did not converge (residual {float(np.max(residual)):.3g}, tol {tol:.3g}; "
         f"{int(np.size(converged) - np.count_nonzero(converged))} of {np.size(converged)} "
-        "system(s)): the derivative may be inaccurate. Raise max_iter or tol in "
-        "backward_options, or choose another backward_solver.",
+        "system(s)): the derivative may be inaccurate. Raise max_iter or tol of the "
+        "backward solver (Implicit(solver, max_iter=..., tol=...)), or choose another one.",
         BackwardSolveWarning,
         stacklevel=2,
     )
@@ -128,32 +131,11 @@ def report_convergence(what: str, converged: jax.Array, residual: jax.Array, tol
     )
 
 
-def _tree_norm(tree: PyTree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(tree)))
-
-
-def registry_linear_solve(
-    name: str,
-    backward_options: Optional[Mapping[str, Any]] = None,
-    forward_options: Optional[Mapping[str, Any]] = None,
-) -> LinearSolve:
-    """Solve ``A x = b`` (``A = J − I``) as the fixed point ``x = x + A x − b`` with ``name``.
-
-    Options: ``backward_options``, completed with the forward solver's
-    :data:`INHERITED_OPTIONS` that the backward solver accepts and that were not
-    given. Bad names and values raise here (``ValueError`` / ``TypeError``).
-    """
-    given = dict(backward_options or {})
-    probe = solvers.get(name, **given)  # validates the explicit options eagerly
-    accepted = getattr(probe, "options", {})
-    inherited = {
-        key: value for key, value in (forward_options or {}).items()
-        if key in INHERITED_OPTIONS and key in accepted and key not in given
-    }
-    solve = solvers.get(name, **given, **inherited) if inherited else probe
-    options = getattr(solve, "options", {})
-    tol = float(options.get("tol", float("nan")))
-    residual_field = "abs_residual" if options.get("stop_mode") == "abs" else "rel_residual"
+def registry_linear_solve(backward: Solver) -> LinearSolve:
+    """Solve ``A x = b`` (``A = J − I``) as the fixed point ``x = x + A x − b`` with ``backward``."""
+    options = backward.options
+    tol = float(options["tol"])
+    residual_field = "abs_residual" if options["stop_mode"] == "abs" else "rel_residual"
 
     def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
         def shifted(x: PyTree) -> PyTree:  # x ↦ x + A x − b  (= J x − b for A = J − I)
@@ -161,34 +143,24 @@ def registry_linear_solve(
                 lambda xi, ai, bi: xi + ai - bi, x, matvec(x), b
             )
 
-        solution = solve(shifted, jax.tree_util.tree_map(jnp.zeros_like, b))
+        solution = backward(shifted, jax.tree_util.tree_map(jnp.zeros_like, b))
         stats = solution.stats
         report_convergence(
-            f"the backward solve with {name!r}", stats.converged, getattr(stats, residual_field),
-            tol,
+            f"the backward solve with {backward.name!r}", stats.converged,
+            getattr(stats, residual_field), tol,
         )
         return solution.value
 
-    linear_solve.options = options
-    linear_solve.solver_name = name
     return linear_solve
 
 
-def krylov_linear_solve(
-    name: str,
-    backward_options: Optional[Mapping[str, Any]] = None,
-    forward_options: Optional[Mapping[str, Any]] = None,
-) -> LinearSolve:
-    """Solve ``A x = b`` with jaxopt's ``solve_<name>``; ``tol`` defaults to the forward ``tol``.
+def krylov_linear_solve(name: str, options: Mapping[str, Any]) -> LinearSolve:
+    """Solve ``A x = b`` with jaxopt's ``solve_<name>`` and the resolved ``options``.
 
     Convergence is judged on the true residual ``‖A x − b‖`` (one more product
     with ``A``) against :data:`KRYLOV_REPORT_FACTOR` times the solver's target.
     """
-    method, declared = KRYLOV_SOLVERS[name]
-    given = dict(backward_options or {})
-    if "tol" not in given and forward_options and "tol" in forward_options:
-        given["tol"] = forward_options["tol"]
-    options = MappingProxyType(resolve(name, declared, given))
+    method, _ = KRYLOV_SOLVERS[name]
     kwargs = {"tol": options["tol"], "atol": options["atol"]}
     if options["max_iter"] is not None:
         kwargs["maxiter"] = options["max_iter"]
@@ -197,35 +169,66 @@ def krylov_linear_solve(
 
     def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
         x = method(matvec, b, ridge=options["ridge"], **kwargs)
-        residual = _tree_norm(jax.tree_util.tree_map(jnp.subtract, matvec(x), b))
+        residual = pytree.norm(jax.tree_util.tree_map(jnp.subtract, matvec(x), b))
         # jax's Krylov solvers treat vectors with norm below eps as zero.
         floor = jnp.finfo(jnp.result_type(*jax.tree_util.tree_leaves(b))).eps
-        target = jnp.maximum(jnp.maximum(options["tol"] * _tree_norm(b), options["atol"]), floor)
+        target = jnp.maximum(jnp.maximum(options["tol"] * pytree.norm(b), options["atol"]), floor)
         report_convergence(
             f"the backward solve with {name!r}",
             residual <= KRYLOV_REPORT_FACTOR * target, residual, options["tol"],
         )
         return x
 
-    linear_solve.options = options
-    linear_solve.solver_name = name
     return linear_solve
 
 
-def make_linear_solve(
-    name: str,
-    backward_options: Optional[Mapping[str, Any]] = None,
-    forward_options: Optional[Mapping[str, Any]] = None,
-) -> LinearSolve:
-    """The :data:`LinearSolve` called ``name``: a registry solver or a Krylov solver.
+def backward_solver(
+    solver: Union[str, Solver, None], options: Mapping[str, Any], forward: Optional[Solver]
+) -> Union[Solver, tuple[str, Mapping[str, Any]], None]:
+    """The backward solver of ``Implicit(solver, **options)`` after the solve ``forward``.
 
-    Raises ``ValueError`` listing :func:`available` for an unknown name, and the
-    solver's own ``TypeError`` / ``ValueError`` for bad options.
+    * a Krylov name gives ``(name, resolved options)``; ``tol`` defaults to the forward one;
+    * a :class:`Solver` value is used as given, with ``options`` changed;
+    * a registry name, or ``None`` (the forward solver's kind), is built with ``options``
+      and the forward solver's :data:`INHERITED_OPTIONS` that ``options`` does not give;
+      its other options keep their defaults.
+
+    With ``forward=None`` nothing is inherited and ``None`` stays ``None``: this checks
+    names and options early. Raises ``ValueError`` listing :func:`available` for an
+    unknown name, and the solver's own ``TypeError`` / ``ValueError`` for bad options.
     """
-    if isinstance(name, str) and name in KRYLOV_SOLVERS:
-        return krylov_linear_solve(name, backward_options, forward_options)
-    if isinstance(name, str) and name in solvers.available():
-        return registry_linear_solve(name, backward_options, forward_options)
-    raise ValueError(
-        f"unknown backward_solver {name!r}; valid backward solvers: {', '.join(available())}"
-    )
+    if isinstance(solver, str) and solver in KRYLOV_SOLVERS:
+        given = dict(options)
+        if forward is not None and "tol" not in given:
+            given["tol"] = forward.options["tol"]
+        return solver, MappingProxyType(resolve(solver, KRYLOV_SOLVERS[solver][1], given))
+    if isinstance(solver, Solver):
+        return solvers.get(solver, **options)
+    if solver is None:
+        if forward is None:
+            return None
+        built = forward.reset(**options)
+    elif isinstance(solver, str) and solver in solvers.available():
+        built = solvers.get(solver, **options)
+    else:
+        raise ValueError(
+            f"unknown backward solver {solver!r}; valid backward solvers: "
+            f"{', '.join(available())}"
+        )
+    if forward is None:
+        return built
+    inherited = {
+        key: forward.options[key] for key in INHERITED_OPTIONS
+        if key in built.declared and key not in options
+    }
+    return built.replace(**inherited)
+
+
+def make_linear_solve(
+    solver: Union[str, Solver, None], options: Mapping[str, Any], forward: Solver
+) -> LinearSolve:
+    """The :data:`LinearSolve` of ``Implicit(solver, **options)`` after ``forward``."""
+    built = backward_solver(solver, options, forward)
+    if isinstance(built, Solver):
+        return registry_linear_solve(built)
+    return krylov_linear_solve(*built)

@@ -4,7 +4,8 @@ With ``J = ∂f/∂z`` evaluated at a state ``z`` (usually ``z*``):
 
 * :func:`jacobian_frobenius_sq` — Hutchinson's estimate of ``‖J‖_F²``, the
   Jacobian regulariser of Bai et al. (2021), which keeps ``f`` contractive and
-  the solves short;
+  the solves short; :class:`JacobianPenalty` is its per-element form as a value,
+  the option ``jacobian_penalty=`` of :class:`implicit.haiku.DEQ`;
 * :func:`spectral_radius` — a power-method estimate of ``ρ(J)``, the quantity the
   forward and backward fixed-point solves need below 1;
 * :func:`solver_trajectory` and :func:`fixed_point_correction_loss` — the
@@ -14,29 +15,17 @@ With ``J = ∂f/∂z`` evaluated at a state ``z`` (usually ``z*``):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import solvers
+from solvers import Solver, pytree
 from solvers.types import PyTree
-
-
-def _sum_squares(tree: PyTree) -> jax.Array:
-    return sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def gaussian_probes(key: jax.Array, like: PyTree, num_samples: int) -> PyTree:
-    """``num_samples`` standard normal pytrees shaped like ``like``, stacked on a leading axis."""
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    keys = jax.random.split(key, len(leaves))
-    probes = [
-        jax.random.normal(k, (num_samples, *jnp.shape(leaf)), jnp.result_type(leaf))
-        for k, leaf in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, probes)
 
 
 def jacobian_frobenius_sq(
@@ -57,9 +46,42 @@ def jacobian_frobenius_sq(
     if probes is None:
         if key is None:
             raise ValueError("jacobian_frobenius_sq needs a PRNG key or explicit probes")
-        probes = gaussian_probes(key, z, num_samples)
+        probes = pytree.gaussian_like(key, z, num_samples)
     _, vjp = jax.vjp(lambda state: f(state, *args), z)
-    return jnp.mean(jax.vmap(lambda probe: _sum_squares(vjp(probe)[0]))(probes))
+    return jnp.mean(jax.vmap(lambda probe: pytree.sum_squares(vjp(probe)[0]))(probes))
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobianPenalty:
+    """``‖∂f/∂z(z*)‖_F² / numel(z*)`` by Hutchinson's estimator, the Jacobian regulariser
+    of Bai et al. (2021) in their per-element scale.
+
+    ``num_probes`` Gaussian probes; with ``batch = k > 0`` it is estimated on the first
+    ``k`` samples, i.e. axis 0 of every leaf of ``z*`` and of every argument (close over
+    what is not batched, such as parameters): when ``f`` acts on each sample separately
+    this is the same expectation, and its second-order backward pass holds ``k``
+    samples' activations instead of the whole batch's.
+    """
+
+    num_probes: int = 1
+    batch: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_probes", 1), ("batch", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"JacobianPenalty {name} must be an integer >= {low}, got {value!r}")
+
+    def __call__(
+        self, f: Callable[..., PyTree], z: PyTree, *args: PyTree, key: jax.Array
+    ) -> jax.Array:
+        """The penalty of ``f(·, *args)`` at ``z``, differentiable in ``z``, ``args`` and
+        what ``f`` closes over."""
+        if self.batch:
+            z, args = jax.tree_util.tree_map(lambda a: a[: self.batch], (z, args))
+        size = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(z))
+        estimate = jacobian_frobenius_sq(f, z, *args, key=key, num_samples=self.num_probes)
+        return estimate / size
 
 
 def spectral_radius(
@@ -80,25 +102,20 @@ def spectral_radius(
     """
     fixed_args = lax.stop_gradient(args)
     _, jvp_fixed = jax.linearize(lambda state: f(state, *fixed_args), lax.stop_gradient(z))
-    leaves, treedef = jax.tree_util.tree_flatten(z)
     if key is None:
         start = jax.tree_util.tree_map(jnp.ones_like, z)
     else:
-        keys = jax.random.split(key, len(leaves))
-        start = jax.tree_util.tree_unflatten(treedef, [
-            jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
-            for k, leaf in zip(keys, leaves, strict=True)
-        ])
+        start = pytree.gaussian_like(key, z)
 
     def normalized(v: PyTree) -> PyTree:
-        norm = jnp.sqrt(_sum_squares(v))
+        norm = pytree.norm(v)
         scale = jnp.where(norm > 0, 1 / jnp.where(norm > 0, norm, 1), 0)
         return jax.tree_util.tree_map(lambda leaf: leaf * scale.astype(leaf.dtype), v)
 
     v = lax.fori_loop(0, num_iters, lambda _, v: normalized(jvp_fixed(v)), normalized(start))
     v = lax.stop_gradient(v)
     _, jv = jax.jvp(lambda state: f(state, *args), (z,), (v,))
-    return jnp.sqrt(_sum_squares(jv))
+    return pytree.norm(jv)
 
 
 def solver_trajectory(
@@ -107,7 +124,7 @@ def solver_trajectory(
     *args: PyTree,
     num_states: int,
     steps_per_state: int,
-    solver: str = "broyden",
+    solver: Union[str, Solver] = "broyden",
     solver_options: Optional[Mapping[str, Any]] = None,
 ) -> PyTree:
     """``num_states`` states along a solve of ``z = f(z, *args)``, stacked on a leading axis.

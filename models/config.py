@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from implicit import BACKWARD_MODES
+from models.transformer import BlockConfig
+
 __all__ = [
     "MODELS",
     "BACKWARDS",
@@ -31,8 +34,8 @@ MODELS: tuple[str, ...] = ("deq", "explicit", "untied")
 """``deq``: the DEQ Transformer; ``explicit``: the weight-tied stack of ``depth`` blocks
 (the DEQ's unrolled twin); ``untied``: the same stack with separate weights per layer."""
 
-BACKWARDS: tuple[str, ...] = ("implicit", "phantom", "jfb", "unroll")
-"""Backward modes of ``implicit.haiku.DEQ``."""
+BACKWARDS: tuple[str, ...] = BACKWARD_MODES
+"""Backward modes of ``implicit.haiku.DEQ`` (the library's own names)."""
 
 
 def _flag(default: Any, help: str, **kwargs: Any) -> Any:
@@ -134,6 +137,21 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def block_config(self) -> BlockConfig:
+        """The settings of the model's weight-tied block."""
+        return BlockConfig(
+            d_model=self.d_model, num_heads=self.num_heads, block_layers=self.block_layers,
+            mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout, init_std=self.init_std,
+            out_init_scale=self.out_init_scale,
+        )
+
+    def compile_key(self) -> TrainConfig:
+        """This config with every :data:`RESUMABLE_KEYS` field at its default: the settings
+        that determine the model and its compiled steps, so runs that differ only in where
+        they write or how they report share one compilation."""
+        defaults = TrainConfig()
+        return dataclasses.replace(self, **{k: getattr(defaults, k) for k in RESUMABLE_KEYS})
 
 
 RESUMABLE_KEYS: frozenset[str] = frozenset(

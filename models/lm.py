@@ -10,7 +10,6 @@ in nats; its value in bits per byte is ``L / ln 2``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import haiku as hk
 import jax
@@ -18,81 +17,61 @@ import jax.numpy as jnp
 import optax
 
 import solvers
+from implicit import Implicit, JacobianPenalty, Mode, Phantom, as_mode
 from models.config import TrainConfig
 from models.data import VOCAB_SIZE
 from models.transformer import DEQTransformerLM, ExplicitTransformerLM, LMOutput
 
-__all__ = ["deq_options", "make_model", "next_byte_loss", "bits", "LN2"]
+__all__ = ["deq_solver", "deq_backward", "make_model", "next_byte_loss", "LN2"]
 
 LN2: float = math.log(2.0)
 
 
-def bits(nats: jax.Array | float) -> jax.Array | float:
-    """Convert a cross-entropy in nats to bits."""
-    return nats / LN2
+def _with_history(name: str, history: int, **options: object) -> solvers.Solver:
+    """``solvers.get(name, **options)``, plus ``history`` when that solver has the option."""
+    if "history" in solvers.declared(name):
+        options["history"] = history
+    return solvers.get(name, **options)
 
 
-def deq_options(config: TrainConfig) -> dict[str, Any]:
-    """The solver and backward options ``implicit.haiku.DEQ`` receives for ``config``.
+def deq_solver(config: TrainConfig) -> solvers.Solver:
+    """The forward solver of ``config``: ``max_iter``, ``tol``, ``stop_mode``, ``batch_axis``
+    (0 with ``per_sample``) and, when the solver has it, ``history``."""
+    return _with_history(
+        config.solver, config.history, max_iter=config.max_iter, tol=config.tol,
+        stop_mode=config.stop_mode, batch_axis=0 if config.per_sample else None,
+    )
 
-    Forward: ``max_iter``, ``tol``, ``stop_mode``, ``batch_axis`` (0 with ``per_sample``),
-    and ``history`` when the solver has that option. Backward: for ``"implicit"`` the adjoint
-    solver by name with its ``max_iter``, ``tol`` (and ``history``, ``batch_axis``); for
-    ``"phantom"`` its steps and damping; ``"jfb"`` and ``"unroll"`` take none.
-    """
-    batch_axis = 0 if config.per_sample else None
-    forward: dict[str, Any] = {
-        "max_iter": config.max_iter,
-        "tol": config.tol,
-        "stop_mode": config.stop_mode,
-        "batch_axis": batch_axis,
-    }
-    if "history" in getattr(solvers.get(config.solver), "options", {}):
-        forward["history"] = config.history
+
+def deq_backward(config: TrainConfig) -> Mode:
+    """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver by name with
+    its ``max_iter``, ``tol`` (and ``history``; ``stop_mode`` and ``batch_axis`` as the
+    forward solve), for ``"phantom"`` its steps and damping, otherwise the mode's defaults."""
     if config.backward == "implicit":
-        adjoint: dict[str, Any] = {
-            "max_iter": config.backward_max_iter,
-            "tol": config.backward_tol,
-            "stop_mode": config.stop_mode,
-            "batch_axis": batch_axis,
-        }
-        if "history" in getattr(solvers.get(config.backward_solver), "options", {}):
-            adjoint["history"] = config.history
-        forward["backward_solver"] = config.backward_solver
-        forward["backward_options"] = adjoint
-    elif config.backward == "phantom":
-        forward["phantom_steps"] = config.phantom_steps
-        forward["phantom_damping"] = config.phantom_damping
-    return forward
+        adjoint = _with_history(
+            config.backward_solver, config.history, max_iter=config.backward_max_iter,
+            tol=config.backward_tol, stop_mode=config.stop_mode,
+            batch_axis=0 if config.per_sample else None,
+        )
+        return Implicit(adjoint)
+    if config.backward == "phantom":
+        return Phantom(config.phantom_steps, config.phantom_damping)
+    return as_mode(config.backward)
 
 
 def _build(config: TrainConfig) -> hk.Module:
-    common = dict(
-        vocab_size=VOCAB_SIZE,
-        d_model=config.d_model,
-        num_heads=config.num_heads,
-        block_layers=config.block_layers,
-        dropout_rate=config.dropout,
-        max_seq_len=config.seq_len,
-        mlp_ratio=config.mlp_ratio,
-        init_std=config.init_std,
-        out_init_scale=config.out_init_scale,
-        embed_std=config.embed_std,
-    )
+    common = dict(max_seq_len=config.seq_len, embed_std=config.embed_std, name="lm")
     if config.model == "deq":
+        penalty = JacobianPenalty(batch=config.jac_batch) if config.jac_reg > 0 else None
         return DEQTransformerLM(
-            solver=config.solver,
-            backward=config.backward,
-            solver_options=deq_options(config),
-            jac_reg=config.jac_reg,
-            jac_batch=config.jac_batch,
-            remat=config.remat,
-            name="lm",
+            VOCAB_SIZE, config.block_config(), solver=deq_solver(config),
+            backward=deq_backward(config), jacobian_penalty=penalty, remat=config.remat,
             **common,
         )
     if config.model in ("explicit", "untied"):
         return ExplicitTransformerLM(
-            depth=config.depth, tied=config.model == "explicit", name="lm", **common
+            VOCAB_SIZE, config.block_config(), depth=config.depth,
+            tied=config.model == "explicit", **common,
         )
     raise ValueError(f"unknown model {config.model!r}; choose one of deq, explicit, untied")
 

@@ -33,16 +33,8 @@ __all__ = [
     "make_train_step",
     "make_eval_step",
     "TRAIN_METRICS",
-    "FAST_COMPILE",
     "summarize_eval",
 ]
-
-FAST_COMPILE: dict[str, Any] = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-"""XLA options (``compiler_options`` of ``jax.jit``) that compile several times faster for
-slower steps: for tests and smoke runs, never for measurements."""
 
 TRAIN_METRICS: tuple[str, ...] = (
     "loss",

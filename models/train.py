@@ -41,13 +41,7 @@ from models.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from models.config import (
-    RESUMABLE_KEYS,
-    ConfigError,
-    TrainConfig,
-    parse_config,
-    validate_config,
-)
+from models.config import ConfigError, TrainConfig, parse_config, validate_config
 from models.data import (
     BatchSampler,
     DataError,
@@ -56,7 +50,7 @@ from models.data import (
     split_corpus,
     unigram_bits_per_byte,
 )
-from models.lm import deq_options, make_model
+from models.lm import deq_backward, deq_solver, make_model
 from models.metrics import (
     PLOT_NAME,
     BackwardWarningCounter,
@@ -156,23 +150,24 @@ class _Programs:
 
 
 @functools.lru_cache(maxsize=2)
-def _programs(config: TrainConfig, mesh: Any, options: tuple) -> _Programs:
-    """Model, optimizer, initial state and compiled steps of ``config`` on ``mesh``.
+def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
+    """Model, optimizer, initial state and compiled steps for ``key`` (a
+    :meth:`TrainConfig.compile_key`) on ``mesh``.
 
-    Cached on the settings that determine them, so calling :func:`train` again in one
-    process (a resumed run, a notebook, a test) reuses the compiled steps.
+    Cached, so calling :func:`train` again in one process (a resumed run, a notebook, a
+    test) reuses the compiled steps.
     """
     compiler_options = dict(options) or None
-    model = make_model(config)
-    optimizer = make_optimizer(config)
-    schedule = learning_rate_schedule(config)
+    model = make_model(key)
+    optimizer = make_optimizer(key)
+    schedule = learning_rate_schedule(key)
     return _Programs(
         model,
         optimizer,
         schedule,
-        to_host(init_state(model, optimizer, config, compiler_options)),
-        make_train_step(model, optimizer, schedule, config, mesh, compiler_options),
-        make_eval_step(model, config, mesh, compiler_options),
+        to_host(init_state(model, optimizer, key, compiler_options)),
+        make_train_step(model, optimizer, schedule, key, mesh, compiler_options),
+        make_eval_step(model, key, mesh, compiler_options),
     )
 
 
@@ -183,6 +178,234 @@ def _initialize_distributed(config: TrainConfig) -> None:
             num_processes=config.num_processes or None,
             process_id=config.process_id if config.process_id >= 0 else None,
         )
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run being trained: its data, compiled programs, state and outputs."""
+
+    config: TrainConfig
+    log: Callable[[str], None]
+    writer: bool  # this process writes the run directory
+    mesh: Any
+    rows: Any  # this process's rows of a global batch
+    run_dir: Path
+    valid_bytes: np.ndarray
+    unigram: float
+    sampler: BatchSampler
+    programs: _Programs
+    state: TrainState
+    start: int
+    metrics_log: MetricsLog
+    t_begin: float
+    train_seconds: float = 0.0  # in the loop, this session
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return checkpoint_path(self.run_dir)
+
+    def evaluate(self, max_batches: int | None) -> dict[str, float]:
+        """Validation bits per byte and solver statistics on ``max_batches`` (None: all)."""
+        c = self.config
+        results = [
+            to_host(self.programs.eval_step(self.state.params, shard_batch(batch[self.rows],
+                                                                           self.mesh)))
+            for batch in eval_batches(self.valid_bytes, c.batch_size, c.seq_len, max_batches)
+        ]
+        return summarize_eval(results)
+
+    def checkpoint(self, step: int) -> None:
+        host = to_host(self.state)
+        if self.writer:
+            save_checkpoint(self.checkpoint_file, host, step=step, config=self.config.to_dict())
+
+
+def _setup(
+    config: TrainConfig,
+    devices: Sequence[jax.Device] | None,
+    log: Callable[[str], None],
+    compiler_options: dict[str, Any] | None,
+) -> _Run:
+    """Check the settings, load the data, build (or reuse) the compiled programs and the
+    state to start from (fresh or the checkpoint's); say what will run."""
+    t_begin = time.perf_counter()
+    validate_config(config)
+    try:
+        solver = deq_solver(config) if config.model == "deq" else None
+        backward = deq_backward(config) if config.model == "deq" else None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+    _initialize_distributed(config)
+    writer = jax.process_index() == 0
+    mesh = make_mesh(devices)
+    try:
+        check_batch_divisible(config.batch_size, mesh)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+    run_dir = Path(config.run_dir)
+    ckpt = checkpoint_path(run_dir)
+    if config.resume:  # refuse a mismatched resume before any expensive work
+        check_config(read_meta(ckpt)["config"], config.to_dict(), ckpt)
+
+    corpus = load_corpus(config.data, max_bytes=config.max_bytes or None)
+    try:
+        train_bytes, valid_bytes = split_corpus(corpus, config.valid_fraction, config.seq_len + 1)
+        next(eval_batches(valid_bytes, config.batch_size, config.seq_len))  # one batch at least
+    except DataError as err:
+        raise DataError(f"corpus {config.data!r} is too short: {err}") from err
+    unigram = unigram_bits_per_byte(train_bytes, valid_bytes)
+
+    programs = _programs(
+        config.compile_key(), mesh, tuple(sorted((compiler_options or {}).items()))
+    )
+    host_state, start = programs.initial_state, 0
+    if config.resume:
+        host_state, meta = load_checkpoint(ckpt, host_state)
+        check_config(meta["config"], config.to_dict(), ckpt)
+        start = int(meta["step"])
+
+    metrics_log = MetricsLog(run_dir, enabled=writer)
+    metrics_log.start(start if config.resume else None)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        n_params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(host_state.params))
+        what = (
+            f"DEQ (solver {solver}, backward {backward})"
+            if config.model == "deq"
+            else f"{config.model} stack of depth {config.depth}"
+        )
+        log(
+            f"{what}; {n_params:,} parameters; {len(train_bytes):,} train / "
+            f"{len(valid_bytes):,} valid bytes of {config.data!r}; unigram baseline "
+            f"{unigram:.3f} bits/byte; {len(mesh.devices.flat)} device(s); "
+            + (f"resuming at step {start}" if config.resume else "starting at step 0")
+        )
+    return _Run(
+        config=config, log=log, writer=writer, mesh=mesh,
+        rows=process_rows(config.batch_size), run_dir=run_dir, valid_bytes=valid_bytes,
+        unigram=unigram,
+        sampler=BatchSampler(train_bytes, config.batch_size, config.seq_len, config.seed),
+        programs=programs, state=replicate(host_state, mesh), start=start,
+        metrics_log=metrics_log, t_begin=t_begin,
+    )
+
+
+def _loop(run: _Run, on_step: StepHook | None) -> str:
+    """Train from ``run.start`` to ``config.steps`` (see the module docstring); return
+    ``"completed"``, or ``"interrupted"`` after a Ctrl-C (a checkpoint is then written)."""
+    config = run.config
+    tokens_per_step = config.batch_size * config.seq_len
+    t_start = time.perf_counter()
+
+    def say(message: str) -> None:  # above the progress bar when there is one
+        if config.progress:
+            bar.write(message)
+        else:
+            run.log(message)
+
+    with _Interrupt() as interrupt, BackwardWarningCounter() as backward_warnings, _progress(
+        config, run.start, run.writer
+    ) as bar:
+        for step in range(run.start, config.steps):
+            t_step = time.perf_counter()
+            batch = shard_batch(run.sampler.batch(step)[run.rows], run.mesh)
+            seen = backward_warnings.count
+            run.state, metrics = run.programs.train_step(run.state, batch)
+            values = {k: float(v) for k, v in to_host(metrics).items()}
+            values["backward_unconverged"] = float(backward_warnings.count > seen)
+            if seen == 0 and backward_warnings.count and run.writer:
+                say(f"note (step {step + 1}; counted in the metrics, not repeated): "
+                    f"{backward_warnings.first}")
+            done = step + 1
+            elapsed = time.perf_counter() - t_step
+            run.metrics_log.write(
+                "train",
+                done,
+                {**values, "time": time.perf_counter() - t_start,
+                 "tokens_per_s": tokens_per_step / max(elapsed, 1e-9)},
+            )
+            bar.set_postfix(
+                loss=f"{values['loss']:.3f}",
+                bpb=f"{values['bpb']:.3f}",
+                steps=f"{values['solver_steps']:.1f}",
+                res=f"{values['rel_residual']:.1e}",
+                refresh=False,
+            )
+            bar.update(1)
+            if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+                valid = run.evaluate(config.eval_batches or None)
+                run.metrics_log.write("valid", done, valid)
+                if run.writer:
+                    say(
+                        f"step {done}: valid {valid['bpb']:.3f} bits/byte, "
+                        f"{valid['solver_steps']:.1f} solver steps"
+                    )
+            if config.checkpoint_every and done % config.checkpoint_every == 0:
+                run.checkpoint(done)
+            if on_step is not None:
+                on_step(done, values)
+            run.train_seconds = time.perf_counter() - t_start
+            if interrupt.requested and done < config.steps:
+                run.checkpoint(done)
+                return "interrupted"
+    return "completed"
+
+
+def _finish(run: _Run, status: str) -> TrainResult:
+    """After the loop: on completion, validate on the whole held-out text, checkpoint,
+    plot, sample and summarise; after an interruption, say how to resume."""
+    config, log = run.config, run.log
+    final_step = int(to_host(run.state.step))
+    if status == "interrupted":
+        if run.writer:
+            log(
+                f"interrupted after step {final_step}: checkpoint written to "
+                f"{str(run.checkpoint_file)!r}; continue with the same flags plus --resume"
+            )
+        return TrainResult(status, final_step, to_host(run.state), None, run.unigram)
+
+    valid = run.evaluate(None)
+    run.metrics_log.write("valid", final_step, valid)
+    run.checkpoint(final_step)
+    host = to_host(run.state)
+    sample = ""
+    summary: dict[str, Any] = {
+        "step": final_step,
+        "valid_bpb": valid["bpb"],
+        "unigram_bpb": run.unigram,
+        "uniform_bpb": 8.0,
+        "valid_solver_steps": valid["solver_steps"],
+        "valid_rel_residual": valid["rel_residual"],
+        "train_seconds": run.train_seconds,
+        "wall_seconds": time.perf_counter() - run.t_begin,
+    }
+    if run.writer:
+        records = read_metrics(run.metrics_log.path)
+        summary["backward_unconverged_steps"] = int(sum(
+            r.get("backward_unconverged", 0) for r in records if r["split"] == "train"
+        ))
+        plot_metrics(records, run.run_dir / PLOT_NAME,
+                     baselines={"unigram": run.unigram, "uniform": 8.0})
+        if config.sample_len:
+            sample = generate(
+                run.programs.model, host.params, config.sample_prompt.encode("utf-8"),
+                config.sample_len, seq_len=config.seq_len, temperature=config.temperature,
+                seed=config.seed,
+            )
+            (run.run_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
+        summary["sample"] = sample
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log(
+            f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
+            f"{valid['bpb']:.3f} bits/byte (unigram {run.unigram:.3f}, uniform 8.000); forward "
+            f"solver {valid['solver_steps']:.1f} steps, relative residual "
+            f"{valid['rel_residual']:.1e}; outputs in {str(run.run_dir)!r}"
+        )
+        if sample:
+            log("sample:\n" + sample)
+    return TrainResult("completed", final_step, host, valid["bpb"], run.unigram, sample, summary)
 
 
 def train(
@@ -207,179 +430,8 @@ def train(
     Raises:
       ConfigError, DataError, CheckpointError: bad settings, data or checkpoint.
     """
-    t_begin = time.perf_counter()
-    validate_config(config)
-    try:
-        options = deq_options(config) if config.model == "deq" else {}
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
-    _initialize_distributed(config)
-    writer = jax.process_index() == 0
-    mesh = make_mesh(devices)
-    try:
-        check_batch_divisible(config.batch_size, mesh)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    rows = process_rows(config.batch_size)
-
-    run_dir = Path(config.run_dir)
-    ckpt = checkpoint_path(run_dir)
-    if config.resume:  # refuse a mismatched resume before any expensive work
-        check_config(read_meta(ckpt)["config"], config.to_dict(), ckpt)
-
-    corpus = load_corpus(config.data, max_bytes=config.max_bytes or None)
-    try:
-        train_bytes, valid_bytes = split_corpus(corpus, config.valid_fraction, config.seq_len + 1)
-        next(eval_batches(valid_bytes, config.batch_size, config.seq_len))  # one batch at least
-    except DataError as err:
-        raise DataError(f"corpus {config.data!r} is too short: {err}") from err
-    unigram = unigram_bits_per_byte(train_bytes, valid_bytes)
-    sampler = BatchSampler(train_bytes, config.batch_size, config.seq_len, config.seed)
-
-    defaults = TrainConfig()
-    key = dataclasses.replace(config, **{k: getattr(defaults, k) for k in RESUMABLE_KEYS})
-    programs = _programs(key, mesh, tuple(sorted((compiler_options or {}).items())))
-    model, train_step, eval_step = programs.model, programs.train_step, programs.eval_step
-    host_state = programs.initial_state
-    start = 0
-    if config.resume:
-        host_state, meta = load_checkpoint(ckpt, host_state)
-        check_config(meta["config"], config.to_dict(), ckpt)
-        start = int(meta["step"])
-    state = replicate(host_state, mesh)
-
-    metrics_log = MetricsLog(run_dir, enabled=writer)
-    metrics_log.start(start if config.resume else None)
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        n_params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(host_state.params))
-        what = (
-            f"DEQ (solver {config.solver}, backward {config.backward}, {options})"
-            if config.model == "deq"
-            else f"{config.model} stack of depth {config.depth}"
-        )
-        log(
-            f"{what}; {n_params:,} parameters; {len(train_bytes):,} train / "
-            f"{len(valid_bytes):,} valid bytes of {config.data!r}; unigram baseline "
-            f"{unigram:.3f} bits/byte; {len(mesh.devices.flat)} device(s); "
-            + (f"resuming at step {start}" if config.resume else "starting at step 0")
-        )
-
-    def evaluate(max_batches: int | None) -> dict[str, float]:
-        results = [
-            to_host(eval_step(state.params, shard_batch(batch[rows], mesh)))
-            for batch in eval_batches(valid_bytes, config.batch_size, config.seq_len, max_batches)
-        ]
-        return summarize_eval(results)
-
-    def checkpoint(step: int) -> None:
-        host = to_host(state)
-        if writer:
-            save_checkpoint(ckpt, host, step=step, config=config.to_dict())
-
-    def say(message: str) -> None:  # above the progress bar when there is one
-        if config.progress:
-            bar.write(message)
-        else:
-            log(message)
-
-    tokens_per_step = config.batch_size * config.seq_len
-    t_start = time.perf_counter()
-    status = "completed"
-    with _Interrupt() as interrupt, BackwardWarningCounter() as backward_warnings, _progress(
-        config, start, writer
-    ) as bar:
-        for step in range(start, config.steps):
-            t_step = time.perf_counter()
-            batch = shard_batch(sampler.batch(step)[rows], mesh)
-            seen = backward_warnings.count
-            state, metrics = train_step(state, batch)
-            values = {k: float(v) for k, v in to_host(metrics).items()}
-            values["backward_unconverged"] = float(backward_warnings.count > seen)
-            if seen == 0 and backward_warnings.count and writer:
-                say(f"note (step {step + 1}; counted in the metrics, not repeated): "
-                    f"{backward_warnings.first}")
-            done = step + 1
-            elapsed = time.perf_counter() - t_step
-            metrics_log.write(
-                "train",
-                done,
-                {**values, "time": time.perf_counter() - t_start,
-                 "tokens_per_s": tokens_per_step / max(elapsed, 1e-9)},
-            )
-            bar.set_postfix(
-                loss=f"{values['loss']:.3f}",
-                bpb=f"{values['bpb']:.3f}",
-                steps=f"{values['solver_steps']:.1f}",
-                res=f"{values['rel_residual']:.1e}",
-                refresh=False,
-            )
-            bar.update(1)
-            if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-                valid = evaluate(config.eval_batches or None)
-                metrics_log.write("valid", done, valid)
-                if writer:
-                    say(
-                        f"step {done}: valid {valid['bpb']:.3f} bits/byte, "
-                        f"{valid['solver_steps']:.1f} solver steps"
-                    )
-            if config.checkpoint_every and done % config.checkpoint_every == 0:
-                checkpoint(done)
-            if on_step is not None:
-                on_step(done, values)
-            if interrupt.requested and done < config.steps:
-                checkpoint(done)
-                status = "interrupted"
-                break
-
-    final_step = int(to_host(state.step))
-    if status == "interrupted":
-        if writer:
-            log(
-                f"interrupted after step {final_step}: checkpoint written to {str(ckpt)!r}; "
-                "continue with the same flags plus --resume"
-            )
-        return TrainResult(status, final_step, to_host(state), None, unigram)
-
-    valid = evaluate(None)
-    metrics_log.write("valid", final_step, valid)
-    checkpoint(final_step)
-    host = to_host(state)
-    sample = ""
-    summary: dict[str, Any] = {
-        "step": final_step,
-        "valid_bpb": valid["bpb"],
-        "unigram_bpb": unigram,
-        "uniform_bpb": 8.0,
-        "valid_solver_steps": valid["solver_steps"],
-        "valid_rel_residual": valid["rel_residual"],
-        "train_seconds": time.perf_counter() - t_start,
-        "wall_seconds": time.perf_counter() - t_begin,
-    }
-    if writer:
-        records = read_metrics(metrics_log.path)
-        summary["backward_unconverged_steps"] = int(sum(
-            r.get("backward_unconverged", 0) for r in records if r["split"] == "train"
-        ))
-        plot_metrics(records, run_dir / PLOT_NAME, baselines={"unigram": unigram, "uniform": 8.0})
-        if config.sample_len:
-            sample = generate(
-                model, host.params, config.sample_prompt.encode("utf-8"), config.sample_len,
-                seq_len=config.seq_len, temperature=config.temperature, seed=config.seed,
-            )
-            (run_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
-        summary["sample"] = sample
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log(
-            f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
-            f"{valid['bpb']:.3f} bits/byte (unigram {unigram:.3f}, uniform 8.000); forward "
-            f"solver {valid['solver_steps']:.1f} steps, relative residual "
-            f"{valid['rel_residual']:.1e}; outputs in {str(run_dir)!r}"
-        )
-        if sample:
-            log("sample:\n" + sample)
-    return TrainResult("completed", final_step, host, valid["bpb"], unigram, sample, summary)
+    run = _setup(config, devices, log, compiler_options)
+    return _finish(run, _loop(run, on_step))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

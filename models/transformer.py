@@ -26,19 +26,22 @@ Both models return :class:`LMOutput` with logits and per-sample solver statistic
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple, Optional, Union
 
 import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from implicit import JacobianPenalty, Mode
 from implicit.haiku import DEQ
-from implicit.regularizers import jacobian_frobenius_sq
+from solvers import Solver, residuals
 
 __all__ = [
     "SOLVE_STAT_KEYS",
+    "BlockConfig",
     "InjectionBlock",
     "LMOutput",
     "DEQTransformerLM",
@@ -100,56 +103,72 @@ def _layer_norm(name: str) -> hk.LayerNorm:
     return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """The settings of the input-injection block ``f(z, x)``, shared by every model.
+
+    Attributes:
+      d_model: width of the residual stream.
+      num_heads: attention heads (must divide ``d_model``).
+      block_layers: attention + MLP layers inside the block.
+      mlp_ratio: MLP hidden width as a multiple of ``d_model``.
+      dropout_rate: variational dropout rate inside the block.
+      init_std: std of the truncated-normal weight initialisation.
+      out_init_scale: extra factor on the init std of the projections that write into
+        the residual stream (attention output, MLP output).
+    """
+
+    d_model: int
+    num_heads: int
+    block_layers: int = 1
+    mlp_ratio: int = 4
+    dropout_rate: float = 0.0
+    init_std: float = 0.02
+    out_init_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.block_layers < 1:
+            raise ValueError(f"block_layers must be at least 1, got {self.block_layers}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+
+
 class InjectionBlock(hk.Module):
     """The input-injection block ``f(z, x)`` (see the module docstring for its equations).
 
-    Linear weights are drawn from a truncated normal with std ``init_std``; the projections
-    that write into the residual stream (attention output, MLP output) additionally get
-    ``out_init_scale`` times that, which keeps ``‖∂f/∂z‖`` small at initialisation.
+    Linear weights are drawn from a truncated normal with std ``config.init_std``; the
+    projections that write into the residual stream (attention output, MLP output)
+    additionally get ``config.out_init_scale`` times that, which keeps ``‖∂f/∂z‖`` small at
+    initialisation.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        block_layers: int = 1,
-        mlp_ratio: int = 4,
-        dropout_rate: float = 0.0,
-        init_std: float = 0.02,
-        out_init_scale: float = 1.0,
-        name: str | None = None,
-    ) -> None:
+    def __init__(self, config: BlockConfig, name: str | None = None) -> None:
         super().__init__(name=name)
-        if d_model % num_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
-        if block_layers < 1:
-            raise ValueError(f"block_layers must be at least 1, got {block_layers}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        self.d_model = d_model
-        self.num_heads = num_heads
-        self.block_layers = block_layers
-        self.mlp_ratio = mlp_ratio
-        self.dropout_rate = dropout_rate
-        self.init_std = init_std
-        self.out_std = init_std * out_init_scale
+        self.config = config
+        self.out_std = config.init_std * config.out_init_scale
 
     @hk.experimental.name_like("__call__")
     def _attention(self, h: jax.Array, allowed: jax.Array, layer: int) -> jax.Array:
         batch, seq, _ = h.shape
-        head = self.d_model // self.num_heads
-        qkv = _linear(3 * self.d_model, self.init_std, f"qkv_{layer}")(h)
-        q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * self.num_heads, head), 3, axis=2)
+        c = self.config
+        head = c.d_model // c.num_heads
+        qkv = _linear(3 * c.d_model, c.init_std, f"qkv_{layer}")(h)
+        q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * c.num_heads, head), 3, axis=2)
         logits = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(head)
         logits = jnp.where(allowed, logits, _NEG_INF)
         weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(batch, seq, self.d_model)
-        return _linear(self.d_model, self.out_std, f"attn_out_{layer}")(out)
+        out = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(batch, seq, c.d_model)
+        return _linear(c.d_model, self.out_std, f"attn_out_{layer}")(out)
 
     @hk.experimental.name_like("__call__")
     def _mlp(self, h: jax.Array, layer: int) -> jax.Array:
-        hidden = _linear(self.mlp_ratio * self.d_model, self.init_std, f"mlp_in_{layer}")(h)
-        return _linear(self.d_model, self.out_std, f"mlp_out_{layer}")(jax.nn.gelu(hidden))
+        c = self.config
+        hidden = _linear(c.mlp_ratio * c.d_model, c.init_std, f"mlp_in_{layer}")(h)
+        return _linear(c.d_model, self.out_std, f"mlp_out_{layer}")(jax.nn.gelu(hidden))
 
     def __call__(
         self,
@@ -177,7 +196,8 @@ class InjectionBlock(hk.Module):
         chex.assert_equal_shape([z, x])
         chex.assert_rank(z, 3)
         chex.assert_shape(mask, z.shape[:2])
-        dropout = is_training and self.dropout_rate > 0.0
+        rate = self.config.dropout_rate
+        dropout = is_training and rate > 0.0
         if dropout and rng is None:
             rng = hk.next_rng_key()
         allowed = causal_attention_mask(mask)
@@ -185,11 +205,11 @@ class InjectionBlock(hk.Module):
         def drop(value: jax.Array, index: int) -> jax.Array:
             if not dropout:
                 return value
-            return hk.dropout(jax.random.fold_in(rng, index), self.dropout_rate, value)
+            return hk.dropout(jax.random.fold_in(rng, index), rate, value)
 
         h = x + drop(self._attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
         h = h + drop(self._mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
-        for layer in range(1, self.block_layers):
+        for layer in range(1, self.config.block_layers):
             a = self._attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer)
             h = h + drop(a, 2 * layer)
             h = h + drop(self._mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
@@ -204,36 +224,21 @@ class _LMBase(hk.Module):
     def __init__(
         self,
         vocab_size: int,
-        d_model: int,
-        num_heads: int,
-        block_layers: int,
-        dropout_rate: float,
+        block: BlockConfig,
         max_seq_len: int,
-        mlp_ratio: int,
-        init_std: float,
-        out_init_scale: float,
         embed_std: float,
         name: str | None,
     ) -> None:
         super().__init__(name=name)
-        self.embed_std = embed_std
         self.vocab_size = vocab_size
-        self.d_model = d_model
+        self.block = block
         self.max_seq_len = max_seq_len
-        self.init_std = init_std
-        self.block_kwargs = dict(
-            d_model=d_model,
-            num_heads=num_heads,
-            block_layers=block_layers,
-            mlp_ratio=mlp_ratio,
-            dropout_rate=dropout_rate,
-            init_std=init_std,
-            out_init_scale=out_init_scale,
-        )
+        self.embed_std = embed_std
 
     @hk.experimental.name_like("__call__")
     def make_block(self, name: str = "block") -> InjectionBlock:
-        return InjectionBlock(**self.block_kwargs, name=name)
+        """The block ``f`` named as if built in ``__call__`` (``<model>/block``)."""
+        return InjectionBlock(self.block, name=name)
 
     @hk.experimental.name_like("__call__")
     def embed(self, tokens: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -250,17 +255,20 @@ class _LMBase(hk.Module):
             mask = jnp.ones((batch, seq), jnp.float32)
         chex.assert_shape(mask, (batch, seq))
         mask = mask.astype(jnp.float32)
+        d_model = self.block.d_model
         init = hk.initializers.TruncatedNormal(self.embed_std)
-        token_embed = hk.Embed(self.vocab_size, self.d_model, w_init=init, name="token_embed")
-        positions = hk.get_parameter("pos_embed", (self.max_seq_len, self.d_model), init=init)
+        token_embed = hk.Embed(self.vocab_size, d_model, w_init=init, name="token_embed")
+        positions = hk.get_parameter("pos_embed", (self.max_seq_len, d_model), init=init)
         x = token_embed(tokens) + positions[None, :seq]
-        chex.assert_shape(x, (batch, seq, self.d_model))
+        chex.assert_shape(x, (batch, seq, d_model))
         return x, mask
 
     @hk.experimental.name_like("__call__")
     def readout(self, z: jax.Array) -> jax.Array:
         """``logits = W_out · LN(z) + b`` (untied from the token embedding)."""
-        logits = _linear(self.vocab_size, self.init_std, "logits")(_layer_norm("ln_final")(z))
+        logits = _linear(self.vocab_size, self.block.init_std, "logits")(
+            _layer_norm("ln_final")(z)
+        )
         chex.assert_shape(logits, (*z.shape[:2], self.vocab_size))
         return logits
 
@@ -268,11 +276,11 @@ class _LMBase(hk.Module):
 class DEQTransformerLM(_LMBase):
     """The DEQ Transformer language model: ``logits = readout(z*)``, ``z* = f(z*, x)``.
 
-    The equilibrium is found by ``implicit.haiku.DEQ`` from ``z⁰ = 0`` with the named
-    ``solver`` and differentiated with the named ``backward`` mode; ``solver_options`` (e.g.
-    ``max_iter``, ``tol``, ``stop_mode``, ``batch_axis``, ``history``) and backward options
-    (``backward_solver``, ``backward_options``, ``phantom_steps``, ``phantom_damping``) are
-    forwarded to it unchanged.
+    The equilibrium is found by ``implicit.haiku.DEQ`` from ``z⁰ = 0`` with ``solver`` (a
+    name or a :class:`solvers.Solver`) and differentiated by ``backward`` (a gradient mode
+    of :mod:`implicit.modes` or its name). ``jacobian_penalty`` (an
+    :class:`implicit.JacobianPenalty`) is evaluated at ``z*`` when training and returned
+    as :attr:`LMOutput.jac_loss`.
 
     With ``remat`` (default) the block is wrapped in ``hk.remat``: the VJPs of the backward
     pass recompute its activations from ``(z*, x)`` instead of keeping them, which trades
@@ -283,116 +291,53 @@ class DEQTransformerLM(_LMBase):
     def __init__(
         self,
         vocab_size: int,
-        d_model: int,
-        num_heads: int,
-        block_layers: int = 1,
-        dropout_rate: float = 0.0,
-        solver: str = "broyden",
-        backward: str = "implicit",
+        block: BlockConfig,
         *,
+        solver: Union[str, Solver] = "broyden",
+        backward: Union[str, Mode] = "implicit",
         max_seq_len: int = 512,
-        mlp_ratio: int = 4,
-        init_std: float = 0.02,
-        out_init_scale: float = 1.0,
         embed_std: float = 1.0,
-        solver_options: dict[str, Any] | None = None,
-        jac_reg: float = 0.0,
-        jac_batch: int = 0,
+        jacobian_penalty: Optional[JacobianPenalty] = None,
         remat: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            vocab_size, d_model, num_heads, block_layers, dropout_rate, max_seq_len, mlp_ratio,
-            init_std, out_init_scale, embed_std, name,
-        )
-        self.jac_reg = jac_reg
-        self.jac_batch = jac_batch
-        self.remat = remat
+        super().__init__(vocab_size, block, max_seq_len, embed_std, name)
         self.solver = solver
         self.backward = backward
-        self.solver_options = dict(solver_options or {})
+        self.jacobian_penalty = jacobian_penalty
+        self.remat = remat
 
     def __call__(
         self, tokens: jax.Array, mask: jax.Array | None = None, *, is_training: bool = False
     ) -> LMOutput:
         """Logits for ``tokens`` (``(batch, seq)`` ints) with optional padding ``mask``.
 
-        With ``jac_reg > 0`` and ``is_training``, ``jac_loss`` is Hutchinson's one-probe
-        estimate of ``‖∂f/∂z(z*)‖²_F / numel(z*)`` (Bai et al. 2021), taken on the block
-        without dropout, with gradients to the parameters and through ``z*``. With
-        ``jac_batch = k > 0`` it is estimated on the first ``k`` sequences only (``f`` acts
-        on each sequence separately, so this is the same expectation): its second-order
-        backward pass then holds activations for ``k`` sequences, not the whole batch.
+        With a ``jacobian_penalty`` and ``is_training``, ``jac_loss`` is its estimate of
+        ``‖∂f/∂z(z*)‖²_F / numel(z*)`` (Bai et al. 2021), with gradients to the parameters
+        and through ``z*``.
         """
         x, mask = self.embed(tokens, mask)
-        block_kwargs = dict(self.block_kwargs)  # f must not close over this (outer) module
+        config = self.block  # f must not close over this (outer) module
 
         def block(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
-            return InjectionBlock(**block_kwargs, name="block")(z, x, mask, is_training=is_training)
+            return InjectionBlock(config, name="block")(z, x, mask, is_training=is_training)
 
-        f = hk.remat(block) if self.remat else block
-
-        def f_no_dropout(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
-            return InjectionBlock(**block_kwargs, name="block")(z, x, mask)
-
-        regularize = is_training and self.jac_reg > 0
-        deq = _JacobianDEQ(
-            f,
+        penalty = self.jacobian_penalty if is_training else None
+        deq = DEQ(
+            hk.remat(block) if self.remat else block,
             solver=self.solver,
             backward=self.backward,
             name="deq",
             return_stats=True,
-            jacobian_fn=f_no_dropout if regularize else None,
-            jacobian_batch=self.jac_batch,
-            **self.solver_options,
+            jacobian_penalty=penalty,
         )
-        z_star, stats, jac_loss = deq(x, jnp.zeros_like(x), mask)
+        z_star, stats, *jac_loss = deq(x, jnp.zeros_like(x), mask)
         batch = tokens.shape[0]
         summary = {
             key: jnp.broadcast_to(getattr(stats, key), (batch,)) for key in SOLVE_STAT_KEYS
         }
-        return LMOutput(self.readout(z_star), summary, jac_loss)
-
-
-class _JacobianDEQ(DEQ):
-    """``implicit.haiku.DEQ`` that also returns a Jacobian penalty at the equilibrium.
-
-    ``__call__`` returns ``(z*, stats, penalty)``; ``penalty`` is
-    ``jacobian_frobenius_sq(jacobian_fn, z*, ...) / numel(z*)`` with ``jacobian_fn``'s
-    parameters the DEQ's own (lifted again, with reuse, under the same module name), or 0
-    when ``jacobian_fn`` is ``None``. One Gaussian probe from ``hk.next_rng_key()``; with
-    ``jacobian_batch = k > 0``, on the first ``k`` samples of ``z*``, ``x`` and ``extra``.
-    """
-
-    def __init__(
-        self, fn: Any, *, jacobian_fn: Any = None, jacobian_batch: int = 0, **kwargs: Any
-    ) -> None:
-        super().__init__(fn, **kwargs)
-        self.jacobian_fn = jacobian_fn
-        self.jacobian_batch = jacobian_batch
-
-    def __call__(self, x: jax.Array, z0: jax.Array | None = None, *extra: jax.Array) -> Any:
-        z_star, stats = super().__call__(x, z0, *extra)
-        if self.jacobian_fn is None:
-            return z_star, stats, jnp.zeros((), jnp.float32)
-        inner = hk.transform(self.jacobian_fn)
-        init_key = hk.maybe_next_rng_key() if hk.running_init() else None
-        params = hk.experimental.transparent_lift(inner.init, allow_reuse=True)(
-            init_key, z_star, x, *extra
-        )
-
-        def block(z: jax.Array, params: hk.Params, x: jax.Array, *extra: jax.Array) -> jax.Array:
-            return inner.apply(params, None, z, x, *extra)
-
-        z_part, x_part, extra_part = z_star, x, extra
-        if self.jacobian_batch:
-            k = self.jacobian_batch
-            z_part, x_part = z_star[:k], x[:k]
-            extra_part = tuple(e[:k] for e in extra)
-        penalty = jacobian_frobenius_sq(
-            block, z_part, params, x_part, *extra_part, key=hk.next_rng_key()
-        )
-        return z_star, stats, penalty / z_part.size
+        jac = jac_loss[0] if jac_loss else jnp.zeros((), jnp.float32)
+        return LMOutput(self.readout(z_star), summary, jac)
 
 
 class ExplicitTransformerLM(_LMBase):
@@ -405,24 +350,15 @@ class ExplicitTransformerLM(_LMBase):
     def __init__(
         self,
         vocab_size: int,
-        d_model: int,
-        num_heads: int,
-        block_layers: int = 1,
-        dropout_rate: float = 0.0,
+        block: BlockConfig,
         depth: int = 4,
         tied: bool = True,
         *,
         max_seq_len: int = 512,
-        mlp_ratio: int = 4,
-        init_std: float = 0.02,
-        out_init_scale: float = 1.0,
         embed_std: float = 1.0,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            vocab_size, d_model, num_heads, block_layers, dropout_rate, max_seq_len, mlp_ratio,
-            init_std, out_init_scale, embed_std, name,
-        )
+        super().__init__(vocab_size, block, max_seq_len, embed_std, name)
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.depth = depth
@@ -434,24 +370,22 @@ class ExplicitTransformerLM(_LMBase):
         """Logits for ``tokens`` (``(batch, seq)`` ints) with optional padding ``mask``."""
         x, mask = self.embed(tokens, mask)
         rng = None
-        if is_training and self.block_kwargs["dropout_rate"] > 0.0:
+        if is_training and self.block.dropout_rate > 0.0:
             rng = hk.next_rng_key()
         if self.tied:
-            block = self.make_block()
-            blocks = [block] * self.depth
+            blocks = [self.make_block()] * self.depth
         else:
             blocks = [self.make_block(f"block_{k}") for k in range(self.depth)]
         z = jnp.zeros_like(x)
         previous = z
         for block in blocks:
             previous, z = z, block(z, x, mask, is_training=is_training, rng=rng)
+        change, relative = residuals(previous, z, batch_axis=0)
         batch = tokens.shape[0]
-        change = jnp.sqrt(jnp.sum(jnp.square(z - previous).reshape(batch, -1), axis=1))
-        scale = jnp.sqrt(jnp.sum(jnp.square(z).reshape(batch, -1), axis=1))
         summary = {
             "steps": jnp.full((batch,), self.depth, jnp.int32),
             "abs_residual": change,
-            "rel_residual": change / jnp.maximum(scale, jnp.finfo(z.dtype).tiny),
+            "rel_residual": relative,
             "converged": jnp.zeros((batch,), bool),
         }
         return LMOutput(self.readout(z), summary, jnp.zeros((), jnp.float32))

@@ -1,23 +1,27 @@
-"""Fixed-point solvers for ``z = f(z, *args)``, chosen by name from a registry.
+"""Fixed-point solvers for ``z = f(z, *args)``, chosen by name or passed as values.
 
     import solvers
-    solve = solvers.get("broyden", max_iter=50, tol=1e-5, stop_mode="rel")
+    solve = solvers.get("broyden", max_iter=50, tol=1e-5, stop_mode="rel")   # a Solver
     sol = solve(f, z0, *args)         # Solution(value, stats)
+    solvers.declared("broyden")       # the options it accepts, with defaults and help
 
 Built in: ``"broyden"`` (our limited-memory Broyden), ``"anderson"`` and
 ``"fixed_point"`` (jaxopt's ``AndersonAcceleration`` and ``FixedPointIteration``)
-and ``"jaxopt_broyden"`` (jaxopt's ``Broyden``, for comparison). Add your own with
-``register(name, factory)``, or build one from a :class:`Rule` with
-:func:`rule_solver` to reuse the shared loop and its statistics.
+and ``"jaxopt_broyden"`` (jaxopt's ``Broyden``, for comparison). Every solver is a
+:class:`Rule` run by the one shared loop (:mod:`solvers.loop`); build your own with
+:func:`rule_solver` and use the value directly, or :func:`register` it by name.
+:mod:`solvers.pytree` holds the pytree arithmetic the whole toolkit shares.
 """
 
+from solvers import pytree
 from solvers.broyden import broyden
-from solvers.factory import rule_solver
 from solvers.jaxopt_adapters import anderson, fixed_point, jaxopt_broyden
-from solvers.loop import Rule, residuals
+from solvers.loop import Rule
 from solvers.options import COMMON_OPTIONS, Option
-from solvers.registry import available, get, register, unregister
-from solvers.types import PyTree, Solution, SolveFn, SolverFactory, Stats
+from solvers.pytree import residuals
+from solvers.registry import SolverFactory, available, declared, get, register, unregister
+from solvers.solver import Solver, rule_solver
+from solvers.types import PyTree, Solution, Stats
 
 register("broyden", broyden)
 register("anderson", anderson)
@@ -30,11 +34,13 @@ __all__ = [
     "PyTree",
     "Rule",
     "Solution",
-    "SolveFn",
+    "Solver",
     "SolverFactory",
     "Stats",
     "available",
+    "declared",
     "get",
+    "pytree",
     "register",
     "residuals",
     "rule_solver",

@@ -36,9 +36,9 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from solvers.factory import rule_solver
 from solvers.loop import FlatMap, Matrix, Rule, bounded_while, row_norm
 from solvers.options import Option, choice, flag, positive_int
+from solvers.solver import rule_solver
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
 FULL_STEP_REJECTIONS = 2  # rejections in a row after which trials start to shrink

@@ -19,21 +19,16 @@ numbers compare one to one with ``"broyden"``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Mapping
 
 import jax
 
-from solvers.factory import rule_solver
 from solvers.loop import FlatMap, Matrix, Rule
 from solvers.options import Option, positive_float, positive_int
+from solvers.quiet_jaxopt import import_jaxopt
+from solvers.solver import Solver, rule_solver
 
-with warnings.catch_warnings():
-    # jaxopt warns on import that it is unmaintained; silence exactly that message.
-    warnings.filterwarnings(
-        "ignore", message="JAXopt is no longer maintained", category=DeprecationWarning
-    )
-    import jaxopt
+jaxopt = import_jaxopt()
 
 # make(fun) -> a jaxopt solver for the per-row function ``fun``; ``fun`` maps a row
 # to what the jaxopt solver expects: f(row) for fixed-point solvers, f(row) − row
@@ -92,7 +87,7 @@ def _jaxopt_solver(
     declared: Mapping[str, Option],
     build: Callable[[Callable, Mapping], Any],
     root_finder: bool = False,
-):
+) -> Callable[..., Solver]:
     def make_rule(options: Mapping[str, Any]) -> Rule:
         return jaxopt_rule(lambda fun: build(fun, options), root_finder)
 

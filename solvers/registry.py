@@ -1,21 +1,25 @@
-"""The solver registry: solvers are chosen by name.
+"""The solver registry: solvers chosen by name.
 
-``get(name, **options)`` builds a solve function ``solve(f, z0, *args) -> Solution``;
-``register(name, factory)`` adds a solver, where ``factory(**options)`` returns such
-a function. The registry is the only global mutable state of the toolkit.
+``get(name, **options)`` builds a :class:`solvers.Solver`; ``register(name, factory)``
+adds a solver, where ``factory(**options)`` returns one (:func:`solvers.rule_solver`
+makes such factories). The registry is the only global mutable state of the toolkit.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Union
 
-from solvers.types import SolveFn, SolverFactory
+from solvers.options import Option
+from solvers.solver import Solver
+
+SolverFactory = Callable[..., Solver]
 
 _REGISTRY: dict[str, SolverFactory] = {}
 
 
 def register(name: str, factory: SolverFactory, *, overwrite: bool = False) -> None:
-    """Register ``factory`` under ``name``; ``factory(**options)`` must return a solve function.
+    """Register ``factory`` under ``name``; ``factory(**options)`` must return a :class:`Solver`.
 
     Raises ``ValueError`` if ``name`` is taken and ``overwrite`` is false.
     """
@@ -40,12 +44,27 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get(name: str, **options: Any) -> SolveFn:
-    """Build the solver ``name`` with ``options``; bad names and options fail here, eagerly."""
+def get(solver: Union[str, Solver], **options: Any) -> Solver:
+    """The solver named ``solver`` built with ``options`` (or a :class:`Solver` value with
+    ``options`` changed). Bad names and options fail here, eagerly: ``ValueError`` for an
+    unknown name (listing the registered ones), ``TypeError``/``ValueError`` for options."""
+    if isinstance(solver, Solver):
+        return solver.replace(**options) if options else solver
     try:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY[solver]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown solver {name!r}; available solvers: {', '.join(available())}"
+            f"unknown solver {solver!r}; available solvers: {', '.join(available())}"
         ) from None
-    return factory(**options)
+    built = factory(**options)
+    if not isinstance(built, Solver):
+        raise TypeError(
+            f"the factory registered as {solver!r} returned {type(built).__name__}, not a Solver"
+        )
+    return built
+
+
+def declared(name: str) -> Mapping[str, Option]:
+    """The options the solver ``name`` accepts, each an :class:`Option` with its default,
+    type, valid values and help text (for command lines and documentation)."""
+    return MappingProxyType(dict(get(name).declared))

@@ -7,11 +7,12 @@ solvers can be compared one to one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import jax
 
 PyTree = Any
+"""Any nested structure of tuples, lists, dicts and arrays that ``jax.tree_util`` walks."""
 
 
 class Stats(NamedTuple):
@@ -45,12 +46,3 @@ class Solution(NamedTuple):
 
     value: PyTree
     stats: Stats
-
-
-class SolveFn(Protocol):
-    """``solve(f, z0, *args) -> Solution`` finds ``z = f(z, *args)`` starting from ``z0``."""
-
-    def __call__(self, f: Callable[..., PyTree], z0: PyTree, *args: PyTree) -> Solution: ...
-
-
-SolverFactory = Callable[..., SolveFn]

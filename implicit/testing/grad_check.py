@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,8 @@ from jax import lax
 
 import solvers
 from implicit.fixed_point import fixed_point
+from implicit.modes import Mode, as_mode
+from solvers import Solver, pytree
 from solvers.types import PyTree
 
 
@@ -76,12 +78,11 @@ class _Spec(NamedTuple):
 
 
 class _Config(NamedTuple):
-    solver: str
+    solver: Union[str, Solver]
     solver_options: tuple
-    reference_solver: str
+    reference_solver: Union[str, Solver]
     reference_options: tuple
-    backward_solver: Optional[str]
-    backward_options: Optional[tuple]
+    backward: Mode
     loss: Optional[Callable[[PyTree], jax.Array]]
     unroll_steps: int
 
@@ -123,10 +124,7 @@ def _implicit(theta, others, z0, directions, projection, *, f, spec, config):
             f, z0, *_rebuild(theta, others, spec),
             solver=config.solver,
             solver_options=dict(config.solver_options),
-            backward="implicit",
-            backward_solver=config.backward_solver,
-            backward_options=None if config.backward_options is None
-            else dict(config.backward_options),
+            backward=config.backward,
         )
         return _loss(config, solution.value, projection), jnp.all(solution.stats.converged)
 
@@ -159,30 +157,23 @@ def _unrolled(theta, others, z0, directions, projection, *, f, spec, config):
 
 
 def _relative_error(value: np.ndarray, reference: np.ndarray) -> float:
-    value = np.asarray(value, np.float64)
-    reference = np.asarray(reference, np.float64)
-    scale = np.linalg.norm(reference)
-    error = np.linalg.norm(value - reference)
-    if not np.isfinite(error):
-        return math.inf
-    return float(error / scale) if scale > 0 else (0.0 if error == 0 else math.inf)
+    return float(pytree.relative_error(value, reference))
 
 
-def _freeze(options: Optional[Mapping[str, Any]]) -> Optional[tuple]:
-    return None if options is None else tuple(sorted(options.items()))
+def _freeze(options: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(options.items()))
 
 
 def check_fixed_point_grads(
     f: Callable[..., PyTree],
     z0: PyTree,
     *args: PyTree,
-    solver: str = "broyden",
-    solver_options: Optional[Mapping[str, Any]] = None,
-    backward_solver: Optional[str] = None,
-    backward_options: Optional[Mapping[str, Any]] = None,
-    reference_solver: Optional[str] = None,
-    loss: Optional[Callable[[PyTree], jax.Array]] = None,
     argnums: Optional[Sequence[int]] = None,
+    loss: Optional[Callable[[PyTree], jax.Array]] = None,
+    solver: Union[str, Solver] = "broyden",
+    solver_options: Optional[Mapping[str, Any]] = None,
+    backward: Union[str, Mode] = "implicit",
+    reference_solver: Union[str, Solver, None] = None,
     unroll_steps: int = 500,
     fd_step: Optional[float] = None,
     max_directions: int = 64,
@@ -193,15 +184,17 @@ def check_fixed_point_grads(
 
     Args:
       f, z0, *args: the fixed-point problem, as for :func:`implicit.fixed_point`.
-      solver, solver_options, backward_solver, backward_options: the configuration
-        under test. ``tol`` defaults to :func:`default_tolerance` of the state dtype,
-        ``stop_mode`` to ``"abs"`` and ``max_iter`` to 200.
+      argnums: which ``args`` to differentiate (default: all); their floating leaves
+        form ``θ``, other leaves (integers, keys) are passed through.
+      loss: a scalar function of ``z*``; default: ``⟨c, z*⟩`` with a fixed random ``c``.
+      solver, solver_options, backward: the configuration under test (``backward`` a
+        mode value or name, as for :func:`implicit.fixed_point`; an approximate mode
+        such as ``"jfb"`` shows its error). ``tol`` defaults to
+        :func:`default_tolerance` of the state dtype, ``stop_mode`` to ``"abs"`` and
+        ``max_iter`` to 200.
       reference_solver: the solver of the finite-difference solves (default:
         ``solver``); they run with ``stop_mode="abs"``, ``tol=1e-14`` (float64
         references) and ``max_iter=max(max_iter, 1000)``.
-      loss: a scalar function of ``z*``; default: ``⟨c, z*⟩`` with a fixed random ``c``.
-      argnums: which ``args`` to differentiate (default: all); their floating leaves
-        form ``θ``, other leaves (integers, keys) are passed through.
       unroll_steps: plain iterations of the unrolled reference; 0 skips it.
       fd_step: the central-difference step ``h`` (default: ``ε^(1/3)`` of the
         reference dtype, times ``max(1, max|θ|)``).
@@ -255,7 +248,7 @@ def check_fixed_point_grads(
     )
     config = _Config(
         solver, _freeze(solver_options), reference_solver or solver, _freeze(reference_options),
-        backward_solver, _freeze(backward_options), loss, unroll_steps,
+        as_mode(backward), loss, unroll_steps,
     )
 
     def cast(tree: PyTree, dtype: Any) -> PyTree:

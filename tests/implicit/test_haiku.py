@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import implicit
-from implicit import deq
+import solvers
+from implicit import Implicit, JacobianPenalty, Phantom, deq
 from implicit.haiku import DEQ
 
 X = jnp.ones((1, 2, 3))
@@ -105,16 +106,45 @@ def test_stats_state_reuse_and_transform_with_state():
         jax.eval_shape(hk.transform(forward).init, jax.random.PRNGKey(0), X)
 
 
-def test_options_are_split_between_solver_and_gradient_mode():
+def test_solver_and_gradient_mode_are_values_built_once():
     def build():
-        layer = DEQ(linear_block, solver="anderson", backward="implicit", max_iter=7, history=3,
-                    backward_solver="gmres", backward_options={"tol": 1e-7})
-        return layer.solver_options, layer.backward_kwargs
+        layer = DEQ(linear_block, solver="anderson", backward=Implicit("gmres", tol=1e-7),
+                    max_iter=7, history=3)
+        return layer.solver, layer.backward
 
-    solver_options, backward = hk.transform(build).apply({}, None)
-    assert solver_options == {"max_iter": 7, "history": 3}
-    assert backward == {"backward_solver": "gmres", "backward_options": {"tol": 1e-7}}
-    with pytest.raises(TypeError, match="valid options.*phantom_steps"):
+    solver, backward = hk.transform(build).apply({}, None)
+    assert solver == solvers.get("anderson", max_iter=7, history=3)
+    assert backward == Implicit("gmres", tol=1e-7)
+    # A Solver value is taken as it is; keyword options change it.
+    tight = solvers.get("broyden", tol=1e-9)
+    layer = hk.transform(lambda: DEQ(linear_block, solver=tight, max_iter=9).solver).apply({}, None)
+    assert layer == tight.replace(max_iter=9) and layer.options["tol"] == 1e-9
+    phantom = hk.transform(lambda: DEQ(linear_block, backward="phantom").backward).apply({}, None)
+    assert phantom == Phantom()
+    with pytest.raises(TypeError, match="valid options"):
         hk.transform(lambda: DEQ(linear_block, max_iters=3)).apply({}, None)
     with pytest.raises(ValueError, match="available solvers"):
         hk.transform(lambda: DEQ(linear_block, solver="newton")).apply({}, None)
+    with pytest.raises(ValueError, match="valid backward modes"):
+        hk.transform(lambda: DEQ(linear_block, backward="neumann")).apply({}, None)
+
+
+def test_jacobian_penalty_option_reuses_the_layer_parameters():
+    """With ``jacobian_penalty`` the layer also returns ‖∂f/∂z(z*)‖_F² / numel(z*) of its own
+    block; for hk.Linear(3) with W = ones that is ‖Wᵀ‖_F² / 3 = 3 per sample row, in
+    expectation, and exactly when enough probes are drawn (up to Monte Carlo error)."""
+
+    def forward(x):
+        block = lambda z, x: 0.1 * hk.Linear(3, w_init=ONES, b_init=ONES)(z) + x  # noqa: E731
+        z, penalty = DEQ(block, jacobian_penalty=JacobianPenalty(num_probes=4000), tol=1e-6)(x)
+        return jnp.sum(z), penalty
+
+    model = hk.transform(forward)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), X)
+    assert set(params) == {"deq/linear"}
+    (_, penalty), grads = jax.jit(jax.value_and_grad(model.apply, has_aux=True))(
+        params, jax.random.PRNGKey(1), X
+    )
+    # J = 0.1 W per row: ‖J‖_F² = 0.01 · 9 per row, 2 rows, numel 6 → 0.03.
+    np.testing.assert_allclose(penalty, 0.03, rtol=0.1)
+    assert np.all(np.isfinite(grads["deq/linear"]["w"]))

@@ -11,13 +11,14 @@ import numpy as np
 import optax
 import pytest
 
+import solvers
+from benchmarks.timing import FAST_COMPILE
 from models.lm import next_byte_loss
-from models.step import FAST_COMPILE
 from models.transformer import (
     SOLVE_STAT_KEYS,
+    BlockConfig,
     DEQTransformerLM,
     ExplicitTransformerLM,
-    InjectionBlock,
     causal_attention_mask,
 )
 
@@ -35,7 +36,8 @@ def _compiled(model: hk.Transformed, *init_args):
 def _explicit(depth: int = 3, tied: bool = True, dropout: float = 0.0) -> hk.Transformed:
     def forward(tokens, mask=None, is_training=False):
         model = ExplicitTransformerLM(
-            VOCAB, D, HEADS, dropout_rate=dropout, depth=depth, tied=tied, max_seq_len=SEQ
+            VOCAB, BlockConfig(D, HEADS, dropout_rate=dropout), depth=depth, tied=tied,
+            max_seq_len=SEQ,
         )
         return model(tokens, mask, is_training=is_training)
 
@@ -47,7 +49,8 @@ def _deq(dropout: float = 0.0, **options) -> hk.Transformed:
 
     def forward(tokens, mask=None, is_training=False):
         model = DEQTransformerLM(
-            VOCAB, D, HEADS, dropout_rate=dropout, max_seq_len=SEQ, solver_options=options
+            VOCAB, BlockConfig(D, HEADS, dropout_rate=dropout), max_seq_len=SEQ,
+            solver=solvers.get("broyden", **options),
         )
         return model(tokens, mask, is_training=is_training)
 
@@ -106,9 +109,7 @@ def test_bad_shapes_are_rejected() -> None:
     with pytest.raises(AssertionError):
         model.init(jax.random.key(0), np.zeros((SEQ,), np.int32))
     with pytest.raises(ValueError, match="divisible"):
-        hk.transform(lambda z: InjectionBlock(10, 3)(z, z, jnp.ones(z.shape[:2]))).init(
-            jax.random.key(0), jnp.zeros((1, 2, 10))
-        )
+        BlockConfig(10, 3)
 
 
 @pytest.mark.parametrize("which,atol", [("explicit", 0.0), ("deq", 1e-4)])
@@ -164,7 +165,8 @@ def test_explicit_dropout_is_one_mask_per_pass() -> None:
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
 
     def by_hand(tokens):
-        lm = ExplicitTransformerLM(VOCAB, D, HEADS, dropout_rate=0.5, depth=2, max_seq_len=SEQ)
+        config = BlockConfig(D, HEADS, dropout_rate=0.5)
+        lm = ExplicitTransformerLM(VOCAB, config, depth=2, max_seq_len=SEQ)
         x, mask = lm.embed(tokens, None)
         block = lm.make_block()
         rng = hk.next_rng_key()

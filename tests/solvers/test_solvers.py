@@ -7,6 +7,7 @@ the linear cases with their closed-form fixed points.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -131,40 +132,91 @@ def test_solver_specific_options_are_checked():
 def test_register_rejects_duplicates_unless_overwrite():
     with pytest.raises(ValueError, match="already registered"):
         solvers.register("broyden", solvers.get)
-    solvers.register("test_dummy", lambda **o: "first")
+    solvers.register("test_dummy", lambda **o: solvers.get("broyden", max_iter=3))
     try:
         with pytest.raises(ValueError, match="overwrite=True"):
-            solvers.register("test_dummy", lambda **o: "second")
-        solvers.register("test_dummy", lambda **o: "second", overwrite=True)
-        assert solvers.get("test_dummy") == "second"
+            solvers.register("test_dummy", lambda **o: solvers.get("broyden", max_iter=4))
+        solvers.register("test_dummy", lambda **o: solvers.get("broyden", max_iter=4),
+                         overwrite=True)
+        assert solvers.get("test_dummy").options["max_iter"] == 4
+        solvers.register("test_dummy", lambda **o: "not a solver", overwrite=True)
+        with pytest.raises(TypeError, match="not a Solver"):
+            solvers.get("test_dummy")
     finally:
         solvers.unregister("test_dummy")
     assert "test_dummy" not in solvers.available()
 
 
+def test_solvers_are_frozen_hashable_values():
+    solve = solvers.get("broyden", tol=1e-6, history=7)
+    assert isinstance(solve, solvers.Solver)
+    assert solve.name == "broyden" and solve.options["history"] == 7
+    assert solve == solvers.get("broyden", history=7, tol=1e-6)
+    assert hash(solve) == hash(solvers.get("broyden", history=7, tol=1e-6))
+    assert solve != solvers.get("broyden", tol=1e-6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        solve.name = "other"
+    with pytest.raises(TypeError):
+        solve.options["tol"] = 1.0  # read-only
+    tighter = solve.replace(tol=1e-9)
+    assert tighter.options["tol"] == 1e-9 and solve.options["tol"] == 1e-6
+    assert tighter.options["history"] == 7
+    assert solve.reset(max_iter=3).options["history"] == 30  # back to the default
+    assert solvers.get(solve) is solve and solvers.get(solve, tol=1e-9) == tighter
+    with pytest.raises(ValueError, match="'tol'"):
+        solve.replace(tol=-1.0)
+    # jit takes a solver as a static argument and compiles once per distinct value.
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(solver, x):
+        traces.append(solver)
+        return solver(lambda z: 0.5 * jnp.cos(z) + x, jnp.zeros(3)).value
+
+    run(solve, 1.0)
+    run(solvers.get("broyden", tol=1e-6, history=7), 2.0)
+    assert len(traces) == 1
+
+
+def test_declared_lists_every_option_with_its_default_and_help():
+    declared = solvers.declared("broyden")
+    assert set(solvers.COMMON_OPTIONS) <= set(declared)
+    assert declared["history"].default == 30 and declared["history"].doc
+    assert "history" not in solvers.declared("fixed_point")
+    assert set(declared) == set(solvers.get("broyden").options)
+    with pytest.raises(ValueError, match="unknown solver"):
+        solvers.declared("newton")
+
+
+def _damped(options):
+    """A damped iteration z ← (1 − β) z + β f(z): a user's rule."""
+    beta = options["beta"]
+
+    def step(f, z, fz, state, active):
+        z_new = (1 - beta) * z + beta * fz
+        return z_new, f(z_new), state, jnp.ones(z.shape[:1], jnp.int32)
+
+    return Rule(init=lambda z, fz: (), step=step)
+
+
+DAMPED = solvers.rule_solver(
+    "damped", {"beta": solvers.Option(0.5, (float,), lambda b: 0 < b <= 1, "in (0, 1]")}, _damped
+)
+
+
 def test_user_rule_solver_reuses_the_shared_loop():
-    """A damped iteration z ← (1 − β) z + β f(z), registered by a user through rule_solver."""
-
-    def damped(options):
-        beta = options["beta"]
-
-        def step(f, z, fz, state, active):
-            z_new = (1 - beta) * z + beta * fz
-            return z_new, f(z_new), state, jnp.ones(z.shape[:1], jnp.int32)
-
-        return Rule(init=lambda z, fz: (), step=step)
-
-    factory = solvers.rule_solver(
-        "damped", {"beta": solvers.Option(0.5, (float,), lambda b: 0 < b <= 1, "in (0, 1]")}, damped
-    )
-    solvers.register("damped", factory)
+    with pytest.raises(ValueError, match="'beta'"):
+        DAMPED(beta=2.0)
+    # f(z) = -z + 2 oscillates under plain iteration; β = 1/2 lands on z* = 1 in one step.
+    solve = DAMPED(beta=0.5, tol=1e-6)
+    assert "damped" not in solvers.available()  # a value needs no registration
+    sol = solve(lambda z: -z + 2.0, jnp.zeros(4))
+    np.testing.assert_allclose(sol.value, np.ones(4), atol=1e-6)
+    assert int(sol.stats.steps) == 1 and bool(sol.stats.converged)
+    solvers.register("damped", DAMPED)
     try:
-        with pytest.raises(ValueError, match="'beta'"):
-            solvers.get("damped", beta=2.0)
-        # f(z) = -z + 2 oscillates under plain iteration; β = 1/2 lands on z* = 1 in one step.
-        sol = solvers.get("damped", beta=0.5, tol=1e-6)(lambda z: -z + 2.0, jnp.zeros(4))
-        np.testing.assert_allclose(sol.value, np.ones(4), atol=1e-6)
-        assert int(sol.stats.steps) == 1 and bool(sol.stats.converged)
+        assert solvers.get("damped", beta=0.5, tol=1e-6) == solve
+        assert solvers.declared("damped")["beta"].default == 0.5
     finally:
         solvers.unregister("damped")
 

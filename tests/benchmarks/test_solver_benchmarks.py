@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+import implicit
 import solvers
 from benchmarks import backward_modes, compare_solvers, contenders, problems, write_results
 
@@ -47,9 +48,8 @@ def test_compare_solvers_quick_has_every_solver_with_finite_numbers(compare_run,
             for key in ("iterations", "fevals", "forward_s", "overhead", "max_rel_residual"):
                 assert _finite(row[key]), (row["solver"], key, row[key])
             assert row["max_rel_residual"] <= result["settings"]["tol"] * 1.01
-            if contenders.implicit_missing() is None:
-                for key in ("forward_backward_s", "grad_rel_error", "peak_bytes"):
-                    assert _finite(row[key]), (row["solver"], key, row[key])
+            for key in ("forward_backward_s", "grad_rel_error", "peak_bytes"):
+                assert _finite(row[key]), (row["solver"], key, row[key])
         elif row["status"] == "ok":
             assert _finite(row["forward_s"]) and _finite(row["iterations"]), row
 
@@ -70,12 +70,12 @@ def test_compare_solvers_outputs(compare_run) -> None:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(contenders.implicit_missing() is not None, reason="implicit is missing")
 def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -> None:
     result, _ = backward_run
     modes = {row["mode"] for row in result["rows"]}
     assert set(result["modes"]) == modes
-    assert {f"implicit[{name}]" for name in solvers.available()} <= modes
+    assert {f"implicit[{name}]" for name in implicit.backward_solvers()} <= modes
+    assert {f"implicit[{name}]" for name in implicit.KRYLOV_NAMES} <= modes
     assert {"jfb", "unroll"} <= modes and any(m.startswith("phantom") for m in modes)
     for row in result["rows"]:
         assert row["status"] == "ok", row
@@ -85,20 +85,27 @@ def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -
             assert row["cosine"] > 0.999, row
 
 
-def test_write_results_replaces_only_the_marked_section(compare_run, backward_run, tmp_path) -> None:
+def test_write_results_writes_the_page_and_only_the_marked_readme_section(
+    compare_run, backward_run, tmp_path
+) -> None:
     _, paths, _ = compare_run
     _, backward_json = backward_run
     readme = tmp_path / "README.md"
+    page = tmp_path / "docs" / "results.md"
     readme.write_text(
         f"# title\n\nbefore\n\n{write_results.START}\nold\n{write_results.END}\n\nafter\n",
         encoding="utf-8",
     )
-    write_results.main(["--readme", str(readme), "--compare-json", paths["json"],
-                        "--backward-json", backward_json])
+    write_results.main(["--readme", str(readme), "--output", str(page),
+                        "--compare-json", paths["json"], "--backward-json", backward_json])
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("# title\n\nbefore\n\n" + write_results.START)
     assert text.endswith(write_results.END + "\n\nafter\n") and "old" not in text
-    assert "python -m benchmarks.compare_solvers" in text and "| broyden |" in text
+    assert write_results.RESULTS_PATH in text and "| broyden |" not in text  # a summary
+    assert "- jfb:" in text  # the worst cosine of each gradient mode
+    full = page.read_text(encoding="utf-8")
+    assert "python -m benchmarks.compare_solvers" in full and "| broyden |" in full
+    assert "| jfb |" in full
 
 
 def test_write_results_fails_clearly_without_markers(tmp_path) -> None:

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from implicit import fixed_point
+from implicit import Implicit, fixed_point
 
 N = 256
 
 
-def temp_bytes(backward: str, iterations: int, solver: str, **kwargs) -> int:
+def temp_bytes(backward, iterations: int, solver: str) -> int:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((N, N)).astype(np.float32)
     w *= 0.5 / np.linalg.norm(w, 2)
@@ -29,7 +29,7 @@ def temp_bytes(backward: str, iterations: int, solver: str, **kwargs) -> int:
 
     def loss(w, x):
         sol = fixed_point(lambda z, w, x: jnp.tanh(w @ z + x), jnp.zeros(N, jnp.float32), w, x,
-                          solver=solver, solver_options=options, backward=backward, **kwargs)
+                          solver=solver, solver_options=options, backward=backward)
         return jnp.sum(sol.value)
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile()
@@ -37,9 +37,9 @@ def temp_bytes(backward: str, iterations: int, solver: str, **kwargs) -> int:
 
 
 def test_implicit_backward_memory_is_constant_in_forward_iterations():
-    backward_options = {"max_iter": 50, "history": 5}
-    short = temp_bytes("implicit", 10, "broyden", backward_options=backward_options)
-    long = temp_bytes("implicit", 200, "broyden", backward_options=backward_options)
+    backward = Implicit("broyden", max_iter=50, history=5)
+    short = temp_bytes(backward, 10, "broyden")
+    long = temp_bytes(backward, 200, "broyden")
     assert short > 0
     assert long / short <= 1.05, (short, long)
 

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks.timing import FAST_COMPILE as FAST
 from models.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -24,10 +25,9 @@ from models.checkpoint import (
 )
 from models.config import TrainConfig, build_parser, config_differences, parse_config
 from models.metrics import TIMING_KEYS, read_metrics
-from models.step import FAST_COMPILE as FAST
 from models.train import TrainResult, main, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 TINY = dict(

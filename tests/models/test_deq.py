@@ -8,11 +8,14 @@ import haiku as hk
 import jax
 import numpy as np
 
+import solvers
+from benchmarks.timing import FAST_COMPILE
+from implicit import Implicit, JacobianPenalty
 from models.lm import next_byte_loss
-from models.step import FAST_COMPILE
-from models.transformer import DEQTransformerLM, ExplicitTransformerLM, twin_params
+from models.transformer import BlockConfig, DEQTransformerLM, ExplicitTransformerLM, twin_params
 
 VOCAB, D, HEADS, SEQ = 256, 16, 2, 8
+BLOCK = BlockConfig(D, HEADS)
 fast_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
@@ -31,14 +34,13 @@ def _loss(model: hk.Transformed):
 def test_deq_gradients_equal_those_of_the_explicit_twin_unrolled_to_convergence() -> None:
     """On a contractive init, dL/dθ through the DEQ (implicit backward) equals backprop
     through the weight-tied stack iterated to convergence, parameter by parameter."""
-    tight = {"max_iter": 60, "tol": 1e-6, "stop_mode": "abs", "batch_axis": 0}
-    options = {**tight, "backward_options": dict(tight)}
+    tight = solvers.get("broyden", max_iter=60, tol=1e-6, stop_mode="abs", batch_axis=0)
     deq = hk.transform(
-        lambda t: DEQTransformerLM(VOCAB, D, HEADS, max_seq_len=SEQ, name="lm",
-                                   solver_options=options)(t)
+        lambda t: DEQTransformerLM(VOCAB, BLOCK, max_seq_len=SEQ, name="lm", solver=tight,
+                                   backward=Implicit(tight))(t)
     )
     twin = hk.transform(
-        lambda t: ExplicitTransformerLM(VOCAB, D, HEADS, depth=7, tied=True, max_seq_len=SEQ,
+        lambda t: ExplicitTransformerLM(VOCAB, BLOCK, depth=7, tied=True, max_seq_len=SEQ,
                                         name="lm")(t)
     )
     batch = _batch()
@@ -63,8 +65,8 @@ def test_deq_gradients_equal_those_of_the_explicit_twin_unrolled_to_convergence(
 def test_jacobian_regulariser_is_positive_differentiable_and_training_only() -> None:
     deq = hk.transform(
         lambda t, training: DEQTransformerLM(
-            VOCAB, D, HEADS, max_seq_len=SEQ, jac_reg=1.0,
-            solver_options={"max_iter": 20, "tol": 1e-4, "batch_axis": 0},
+            VOCAB, BLOCK, max_seq_len=SEQ, jacobian_penalty=JacobianPenalty(),
+            solver=solvers.get("broyden", max_iter=20, tol=1e-4, batch_axis=0),
         )(t, is_training=training)
     )
     tokens = _batch()[:, :-1]

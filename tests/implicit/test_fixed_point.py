@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from implicit import BackwardSolveWarning, fixed_point
+from implicit import JFB, BackwardSolveWarning, Implicit, Phantom, fixed_point
 
 TIGHT = {"tol": 1e-12, "max_iter": 100}
 
@@ -86,11 +86,11 @@ def test_scalar_noncontractive_closed_form(x64):
 def test_linear_closed_form_every_backward_solver(x64, backward_solver):
     a, b, c = problem()
     _, u_ref, da_ref = closed_form(a, b, c)
-    options = {"fixed_point": {"max_iter": 400}, "anderson": {"tol": 1e-9}}.get(backward_solver)
+    options = {"fixed_point": {"max_iter": 400}, "anderson": {"tol": 1e-9}}.get(backward_solver, {})
 
     def loss(a, b):
         z = fixed_point(linear, jnp.zeros(4), a, b, solver_options=TIGHT,
-                        backward_solver=backward_solver, backward_options=options).value
+                        backward=Implicit(backward_solver, **options)).value
         return c @ z
 
     da, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
@@ -142,12 +142,12 @@ def test_nonlinear_matches_unrolled_backprop_in_both_modes(x64):
 # ----------------------------------------------------------------------------- gradient modes
 
 
-def solve_in_mode(backward, options=TIGHT, **kwargs):
+def solve_in_mode(backward, options=TIGHT):
     """The solution and the gradients of cᵀz* with respect to (z0, A, b), jitted."""
     a, b, c = problem()
 
     def loss(z0, a, b):
-        sol = fixed_point(linear, z0, a, b, solver_options=options, backward=backward, **kwargs)
+        sol = fixed_point(linear, z0, a, b, solver_options=options, backward=backward)
         return c @ sol.value, sol
 
     (_, sol), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
@@ -158,9 +158,9 @@ def solve_in_mode(backward, options=TIGHT, **kwargs):
 
 def test_implicit_jfb_phantom_values_closed_forms_and_zero_z0_gradient(x64):
     steps, lam = 4, 0.7
-    cases = {"implicit": {}, "jfb": {}, "phantom": {"phantom_steps": steps, "phantom_damping": lam}}
-    for backward, kwargs in cases.items():
-        sol, (dz0, _, db), (a, b, c) = solve_in_mode(backward, **kwargs)
+    cases = {"implicit": "implicit", "jfb": JFB(), "phantom": Phantom(steps, lam)}
+    for backward, mode in cases.items():
+        sol, (dz0, _, db), (a, b, c) = solve_in_mode(mode)
         z_ref, u_ref, _ = closed_form(a, b, c)
         np.testing.assert_allclose(sol.value, z_ref, rtol=1e-10)  # the value is z* in every mode
         assert bool(sol.stats.converged)
@@ -295,22 +295,51 @@ def test_unknown_names_fail_at_call_time_listing_the_valid_ones():
     with pytest.raises(ValueError, match="implicit, phantom, jfb, unroll"):
         fixed_point(linear, z0, a, b, backward="neumann")
     with pytest.raises(ValueError, match="gmres") as info:
-        fixed_point(linear, z0, a, b, backward_solver="cg")
+        Implicit("cg")
     assert "broyden" in str(info.value)
     with pytest.raises(ValueError, match="available solvers"):
         fixed_point(linear, z0, a, b, solver="newton")
     with pytest.raises(TypeError, match="max_iter"):
         fixed_point(linear, z0, a, b, solver_options={"maxiter": 3})
     with pytest.raises(TypeError, match="valid options"):
-        fixed_point(linear, z0, a, b, backward_options={"iters": 3})
+        Implicit("broyden", iters=3)
     with pytest.raises(TypeError, match="restart"):
-        fixed_point(linear, z0, a, b, backward_solver="gmres", backward_options={"restarts": 3})
-    with pytest.raises(TypeError, match="phantom"):
-        fixed_point(linear, z0, a, b, phantom_steps=3)
-    with pytest.raises(TypeError, match="implicit"):
-        fixed_point(linear, z0, a, b, backward="jfb", backward_solver="gmres")
-    with pytest.raises(ValueError, match="phantom_damping"):
-        fixed_point(linear, z0, a, b, backward="phantom", phantom_damping=1.5)
+        Implicit("gmres", restarts=3)
+    with pytest.raises(ValueError, match="damping"):
+        Phantom(damping=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        Phantom(steps=0)
+    # A name the default backward solver (the forward solver's kind) rejects fails at the call.
+    with pytest.raises(TypeError, match="valid options"):
+        fixed_point(linear, z0, a, b, backward=Implicit(iters=3))
+
+
+def test_an_unregistered_solver_value_solves_and_differentiates(x64):
+    """A user's rule solver is passed as a value, forward and backward, without registering."""
+    from solvers import Option, Rule, rule_solver
+
+    def damped(options):
+        beta = options["beta"]
+
+        def step(f, z, fz, state, active):
+            z_new = (1 - beta) * z + beta * fz
+            return z_new, f(z_new), state, jnp.ones(z.shape[:1], jnp.int32)
+
+        return Rule(init=lambda z, fz: (), step=step)
+
+    solve = rule_solver("damped", {"beta": Option(0.5, (float,), lambda b: 0 < b <= 1, "")},
+                        damped)(beta=0.7, tol=1e-12, max_iter=500)
+    a, b, c = problem()
+    z_ref, u_ref, _ = closed_form(a, b, c)
+
+    @jax.jit
+    def value_and_grad(b):
+        return jax.value_and_grad(
+            lambda b: c @ fixed_point(linear, jnp.zeros(4), a, b, solver=solve).value)(b)
+
+    value, grad = value_and_grad(b)
+    np.testing.assert_allclose(value, np.asarray(c) @ z_ref, rtol=1e-10)
+    np.testing.assert_allclose(grad, u_ref, rtol=1e-9)  # backward: the same kind, by default
 
 
 def test_maps_that_change_the_state_are_rejected_naming_the_leaf():
@@ -328,7 +357,7 @@ def test_backward_nonconvergence_is_reported_inside_and_outside_jit():
 
     def loss(b, backward_options):
         return c @ fixed_point(linear, jnp.zeros(4), a, b, solver="fixed_point",
-                               backward_options=backward_options).value
+                               backward=Implicit(**backward_options)).value
 
     failing = jax.grad(lambda b: loss(b, {"max_iter": 2}))
     for grad in (failing, jax.jit(failing)):
@@ -337,5 +366,5 @@ def test_backward_nonconvergence_is_reported_inside_and_outside_jit():
             jax.effects_barrier()
     with warnings.catch_warnings():
         warnings.simplefilter("error", BackwardSolveWarning)
-        jax.jit(jax.grad(lambda b: loss(b, None)))(b).block_until_ready()
+        jax.jit(jax.grad(lambda b: loss(b, {})))(b).block_until_ready()
         jax.effects_barrier()

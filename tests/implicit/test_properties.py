@@ -7,7 +7,7 @@ through 500 unrolled iterations, forward mode against reverse mode too.
 The default profile draws a few examples per test (CI); the "thorough" profile
 (registered in conftest.py) draws 200 per test:
 
-    python -m pytest -s tests/test_implicit_properties.py --hypothesis-profile=thorough
+    python -m pytest -s tests/implicit/test_properties.py --hypothesis-profile=thorough
 
 With `-s` the worst errors seen are printed at the end of the module. Shapes come
 from small fixed sets so the jitted checks compile once per configuration.
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from implicit import BackwardSolveWarning
+from implicit import BackwardSolveWarning, Implicit
 from implicit.testing import (
     check_fixed_point_grads,
     contractive_layers,
@@ -81,7 +81,7 @@ def test_float32_implicit_gradients(layer):
 @given(contractive_layers(dims=(2,), pytree_kinds=("dict", "nested") if THOROUGH else ("nested",),
                           batch_sizes=(None, 2) if THOROUGH else (2,)))
 def test_float64_pytree_states_with_gmres(layer):
-    check("float64 pytree states, gmres", layer, 1e-6, backward_solver="gmres")
+    check("float64 pytree states, gmres", layer, 1e-6, backward=Implicit("gmres"))
 
 
 @settings(deadline=None, max_examples=examples(25))
@@ -109,7 +109,7 @@ def test_the_kit_reports_a_wrong_gradient():
     with jax.enable_x64(True), pytest.warns(BackwardSolveWarning):
         report = check_fixed_point_grads(
             layers.tanh_layer, np.zeros(3), params, np.ones(3), solver="fixed_point",
-            backward_options={"max_iter": 1},
+            backward=Implicit(max_iter=1),
         )
         jax.effects_barrier()
     assert report.worst_rel_error > 1e-2, report

@@ -1,0 +1,142 @@
+"""The command line both solver benchmarks share: flags, ``--quick``, and building the problems.
+
+``compare_solvers`` and ``backward_modes`` measure on the same problems in the same way;
+each declares its own :class:`Defaults`, adds the shared flags with :func:`add_flags`,
+turns the parsed flags into a frozen :class:`Common` with :func:`common` (validated, the
+``--quick`` substitutions applied) and builds its problems with :func:`build_problems`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+from benchmarks import problems as problems_lib
+from benchmarks.problem import Problem, ProblemUnavailable
+from benchmarks.timing import FAST_COMPILE
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """One entry point's defaults, and what ``--quick`` uses instead (unless given)."""
+
+    problems: tuple[str, ...]
+    dims: tuple[int, ...]
+    batch: int
+    tol: float
+    max_iter: int
+    repeats: int
+    quick_problems: tuple[str, ...]
+    quick_dims: tuple[int, ...]
+    quick_batch: int
+    quick_max_iter: Optional[int] = None  # None: --max-iter as given
+
+
+@dataclasses.dataclass(frozen=True)
+class Common:
+    """The shared settings of one benchmark run (see :func:`add_flags` for their meaning)."""
+
+    problems: tuple[str, ...]
+    user_problems: tuple[str, ...]
+    dims: tuple[int, ...]
+    batch: int
+    tol: float
+    max_iter: int
+    repeats: int
+    budget: float
+    seed: int
+    quick: bool
+    progress: bool
+    json: Optional[str] = None
+    csv: Optional[str] = None
+
+    @property
+    def compiler_options(self) -> Optional[Mapping[str, Any]]:
+        """XLA options: fast compilation for a ``--quick`` smoke run, else XLA's defaults."""
+        return FAST_COMPILE if self.quick else None
+
+
+def add_flags(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
+    """Add the shared flags; ``--problems``, ``--dims``, ``--batch`` and ``--max-iter`` take
+    their ``--quick`` values unless given."""
+    known = ", ".join([*problems_lib.BUILDERS, *problems_lib.OPTIONAL])
+    parser.add_argument("--problems", nargs="+", default=None, metavar="NAME",
+                        help=f"built-in problems or family prefixes ({known}); default: "
+                        f"{' '.join(defaults.problems)}")
+    parser.add_argument("--problem", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="add a user problem: FUNCTION() returns (f, z0, args) or "
+                        "(f, z0, args, in_axes), z0 batched on axis 0 (repeatable)")
+    parser.add_argument("--dims", nargs="+", type=int, default=None,
+                        help=f"per-sample sizes of the sized problems; default: "
+                        f"{' '.join(map(str, defaults.dims))}")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"samples per problem; default: {defaults.batch}")
+    parser.add_argument("--tol", type=float, default=defaults.tol,
+                        help="per-sample relative tolerance ‖f(z) − z‖ / ‖f(z)‖")
+    parser.add_argument("--max-iter", type=int, default=None,
+                        help=f"iteration limit; default: {defaults.max_iter}")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats,
+                        help="timed calls per candidate")
+    parser.add_argument("--budget", type=float, default=3.0,
+                        help="stop timing a candidate after this many seconds (>= 1 call)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the problems")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--csv", default=None, metavar="PATH", help="write the results as CSV")
+    quick_max_iter = (f", at most {defaults.quick_max_iter} iterations"
+                      if defaults.quick_max_iter else "")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {', '.join(defaults.quick_problems)} at d = "
+                        f"{' '.join(map(str, defaults.quick_dims))}, batch {defaults.quick_batch}"
+                        f"{quick_max_iter}, 1 timed call, XLA backend optimisation off "
+                        "(timings not representative)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def common(args: argparse.Namespace, defaults: Defaults) -> Common:
+    """The shared settings of the parsed ``args``; ``ValueError`` names a bad flag."""
+    quick = bool(args.quick)
+    problems = args.problems or (defaults.quick_problems if quick else defaults.problems)
+    dims = args.dims or (defaults.quick_dims if quick else defaults.dims)
+    batch = args.batch if args.batch is not None else (
+        defaults.quick_batch if quick else defaults.batch)
+    max_iter = args.max_iter if args.max_iter is not None else defaults.max_iter
+    if quick and defaults.quick_max_iter:
+        max_iter = min(max_iter, defaults.quick_max_iter)
+    repeats = 1 if quick else args.repeats
+    for name, value in (("--batch", batch), ("--max-iter", max_iter), ("--repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not (args.tol > 0 and math.isfinite(args.tol)):
+        raise ValueError(f"--tol must be a finite number > 0, got {args.tol}")
+    if any(d < 1 for d in dims):
+        raise ValueError(f"--dims must be positive, got {list(dims)}")
+    return Common(
+        problems=tuple(problems_lib.select(problems)), user_problems=tuple(args.problem),
+        dims=tuple(dims), batch=batch, tol=args.tol, max_iter=max_iter, repeats=repeats,
+        budget=args.budget, seed=args.seed, quick=quick, progress=not args.no_progress,
+        json=args.json, csv=args.csv,
+    )
+
+
+def build_problems(
+    settings: Common, notes: list[str], checkpoint: Optional[str] = None
+) -> list[Problem]:
+    """Every selected problem at every size, then the user problems. A problem that cannot
+    be built here becomes a note, except the transformer from an explicit ``checkpoint``
+    (``ValueError``: the user asked for exactly that one)."""
+    user = [problems_lib.user_problem(spec) for spec in settings.user_problems]  # fail early
+    built: list[Problem] = []
+    for name in settings.problems:
+        dims = settings.dims[:1] if name in problems_lib.FIXED_SIZE else settings.dims
+        for dim in dims:
+            try:
+                built.append(problems_lib.build(
+                    name, dim, settings.batch, settings.seed, checkpoint))
+            except ProblemUnavailable as why:
+                if name == "transformer" and checkpoint:
+                    raise ValueError(f"--checkpoint {checkpoint}: {why}") from None
+                notes.append(f"problem `{name}` skipped: {why}")
+                break
+    return built + user
