@@ -46,7 +46,7 @@ from implicit.linear import backward_solver, make_linear_solve
 from solvers import Solver
 from solvers.types import PyTree, Solution, Stats
 
-_INTEGER_FIELDS = ("steps", "fevals", "converged")
+_INTEGER_FIELDS = ("steps", "fevals", "converged", "reason")
 
 
 class Mode(abc.ABC):

@@ -1,18 +1,22 @@
 """Limited-memory ("good") Broyden for ``z = f(z)``: the root of ``g(z) = f(z) − z``.
 
-The inverse Jacobian of ``g`` is approximated per row by ``J⁻¹ ≈ −I + Σᵢ uᵢ vᵢᵀ``
-with at most ``history`` rank-one terms in a ring buffer (memory
-``O(history · size)``). From ``z`` with ``d = −J⁻¹ g(z)`` the trial point is
-``z⁺ = z + α d`` (``α = 1``, or backtracking on ``‖g‖``), and with
-``Δz = z⁺ − z``, ``Δg = g(z⁺) − g(z)`` the good-Broyden (Sherman–Morrison) update is
+The inverse Jacobian of ``g`` is approximated per row by ``J⁻¹ ≈ −I + Σᵢ uᵢ vᵢᴴ``
+with at most ``history`` rank-one terms in a buffer (memory ``O(history · size)``).
+From ``z`` with ``d = −J⁻¹ g(z)`` the trial point is ``z⁺ = z + α d`` (``α = 1``, or
+backtracking on ``‖g‖``), and with ``Δz = z⁺ − z``, ``Δg = g(z⁺) − g(z)`` the
+good-Broyden (Sherman–Morrison) update is
 
-    v = J⁻ᵀ Δz,   u = (Δz − J⁻¹ Δg) / (vᵀ Δg),   J⁻¹ ← J⁻¹ + u vᵀ.
+    v = J⁻ᴴ Δz,   u = (Δz − J⁻¹ Δg) / (vᴴ Δg),   J⁻¹ ← J⁻¹ + u vᴴ
 
-The first step (``J⁻¹ = −I``) is one plain fixed-point step ``z⁺ = f(z)``.
+(``ᴴ`` is the conjugate transpose; for real states, the transpose). The first step
+(``J⁻¹ = −I``) is one plain fixed-point step ``z⁺ = f(z)``.
 
 Cost: ``J⁻¹ g(z) = −d`` is already known, so ``J⁻¹ Δg = J⁻¹ g(z⁺) + d`` and the next
-direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᵀ g(z⁺)))`` need no extra pass: an iteration
-reads each buffer twice, plus one evaluation of ``f``.
+direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᴴ g(z⁺)))`` need no extra pass: an iteration
+reads the stored terms twice, plus one evaluation of ``f``. The products only run over
+the terms stored so far: while at most four are (the first iterations, and every solve
+that converges within them, as the DEQ solves do), the algebra touches four slots, not
+``history``.
 
 Safeguards:
 * when the buffer is full, the slot of the newest term is reused, so the earliest
@@ -27,17 +31,21 @@ Safeguards:
   accepted). This backtracking costs no evaluation of ``f`` beyond the trials;
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
+
+``history`` is capped at the problem size and at ``max_iter``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from solvers.loop import FlatMap, Matrix, Rule, bounded_while, row_norm
+from solvers.loop import FlatMap, Matrix, Rule, bounded_while
 from solvers.options import Option, choice, flag, positive_int
+from solvers.pytree import row_norms
 from solvers.solver import rule_solver
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
@@ -50,7 +58,21 @@ class BroydenState(NamedTuple):
     v: jax.Array  # (batch, history, size): the v of each stored rank-one term
     direction: Matrix  # d = −J⁻¹ g(z) at the current point
     rejections: jax.Array  # (batch,): trial points rejected in a row
-    slot: jax.Array  # the ring-buffer slot the next term goes to
+    slot: jax.Array  # the buffer slot the next term goes to
+    filled: jax.Array  # how many slots hold terms (the rest are zero)
+
+
+SMALL_HISTORY = 4  # terms the algebra covers while the buffer is filling
+
+
+def _vdot_rows(a: Matrix, b: Matrix) -> jax.Array:
+    """Per-row ``aᴴ b`` as a column ``(batch, 1)``."""
+    return jnp.sum(jnp.conj(a) * b, axis=1, keepdims=True)
+
+
+def _sum_squares_rows(x: Matrix) -> jax.Array:
+    """Per-row ``‖x‖²`` (for comparisons within one precision; no overflow guard)."""
+    return jnp.sum(jnp.real(x * jnp.conj(x)), axis=1)
 
 
 def _line_search(
@@ -67,7 +89,7 @@ def _line_search(
     def trial(alpha: jax.Array) -> tuple[Matrix, Matrix, jax.Array]:
         z_t = z + alpha[:, None] * direction
         fz_t = f(z_t)
-        return z_t, fz_t, row_norm(fz_t - z_t)
+        return z_t, fz_t, row_norms(fz_t - z_t)
 
     def accepted(alpha: jax.Array, norm: jax.Array) -> jax.Array:
         return norm <= (1 - ARMIJO_C * alpha) * g_norm
@@ -98,79 +120,111 @@ def _line_search(
     return z_best, fz_best, fevals
 
 
+class _Update(NamedTuple):
+    u: Matrix  # the new rank-one term (zero where it is dropped)
+    v: Matrix
+    direction: Matrix  # d⁺ at the point the row moves to
+    accept: jax.Array  # (batch,): whether the row moves to the trial point
+
+
+def _update(
+    state: BroydenState, terms: int, z_step: Matrix, g: Matrix, g_new: Matrix,
+    active: jax.Array, max_increase: float,
+) -> _Update:
+    """The good-Broyden update from the first ``terms`` stored terms (the others are zero)."""
+    u_buf, v_buf = state.u[:, :terms], state.v[:, :terms]
+    kept = (jnp.arange(terms) != state.slot).astype(g.dtype)
+    # Remove the term in the slot about to be written (zero while the buffer fills),
+    # so every product below uses the same inverse J⁻¹' = J⁻¹ − u_old v_oldᴴ.
+    u_old, v_old = state.u[:, state.slot], state.v[:, state.slot]
+    direction = state.direction
+    inv_j_g = -direction - u_old * _vdot_rows(v_old, g)
+    coeff_g = jnp.einsum("bmn,bn->bm", jnp.conj(v_buf), g_new) * kept
+    coeff_dz = jnp.einsum("bmn,bn->bm", jnp.conj(u_buf), z_step) * kept
+    inv_j_g_new = jnp.einsum("bm,bmn->bn", coeff_g, u_buf) - g_new
+    v = jnp.einsum("bm,bmn->bn", coeff_dz, v_buf) - z_step
+    dg = g_new - g
+    denominator = _vdot_rows(v, dg)
+    usable = jnp.isfinite(denominator) & (jnp.abs(denominator) > jnp.finfo(g.dtype).tiny)
+    u = (z_step - (inv_j_g_new - inv_j_g)) / jnp.where(usable, denominator, 1)
+    keep = (active[:, None] & usable) & jnp.all(jnp.isfinite(u) & jnp.isfinite(v), axis=1,
+                                                keepdims=True)
+    u, v = jnp.where(keep, u, 0), jnp.where(keep, v, 0)
+    accept = _sum_squares_rows(g_new) <= max_increase**2 * _sum_squares_rows(g)
+    g_next = jnp.where(accept[:, None], g_new, g)
+    inv_j_g_next = jnp.where(accept[:, None], inv_j_g_new, inv_j_g)
+    next_direction = -(inv_j_g_next + u * _vdot_rows(v, g_next))
+    next_direction = jnp.where(jnp.isfinite(next_direction), next_direction, 0)
+    return _Update(u, v, next_direction, accept)
+
+
 def broyden_rule(options: Mapping[str, Any]) -> Rule:
     """The :class:`Rule` of limited-memory good Broyden (see the module docstring)."""
-    history = min(options["history"], options["max_iter"])
     keep_earliest = options["when_full"] == "replace_newest"
+    max_increase = float(options["max_increase"])
 
     def init(z: Matrix, fz: Matrix) -> BroydenState:
         batch, size = z.shape
+        history = max(1, min(options["history"], options["max_iter"], size))
         buffers = jnp.zeros((batch, history, size), z.dtype)
         rejections = jnp.zeros((batch,), jnp.int32)
-        return BroydenState(buffers, buffers, fz - z, rejections, jnp.zeros((), jnp.int32))
+        zero = jnp.zeros((), jnp.int32)
+        return BroydenState(buffers, buffers, fz - z, rejections, zero, zero)
+
+    def restart(state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
+        keep = ~rows[:, None, None]
+        return state._replace(
+            u=jnp.where(keep, state.u, 0), v=jnp.where(keep, state.v, 0),
+            direction=jnp.where(rows[:, None], fz - z, state.direction),
+            rejections=jnp.where(rows, 0, state.rejections),
+        )
 
     def step(
         f: FlatMap, z: Matrix, fz: Matrix, state: BroydenState, active: jax.Array
     ) -> tuple[Matrix, Matrix, BroydenState, jax.Array]:
+        history = state.u.shape[1]
         g = fz - z
-        direction = jnp.where(active[:, None], state.direction, 0)
+        direction = state.direction
         if options["line_search"]:
             z_new, fz_new, fevals = _line_search(
-                f,
-                z,
-                row_norm(g),
-                direction,
-                active,
-                options["ls_max_steps"],
+                f, z, row_norms(g), direction, active, options["ls_max_steps"],
                 options["fixed_length"],
             )
         else:
             # After r > 2 rejections in a row the trial goes 2^(2 − r) of the way.
-            shrink = jnp.maximum(state.rejections - FULL_STEP_REJECTIONS, 0).astype(z.dtype)
-            step_size = jnp.maximum(2.0**-shrink, MIN_STEP)
-            z_new = z + step_size[:, None] * direction
+            shrink = jnp.maximum(state.rejections - FULL_STEP_REJECTIONS, 0)
+            step_size = jnp.maximum(2.0 ** -shrink.astype(jnp.float32), MIN_STEP)
+            z_new = z + step_size.astype(z.dtype)[:, None] * direction
             fz_new = f(z_new)
             fevals = jnp.ones(z.shape[:1], jnp.int32)
         g_new = fz_new - z_new
-        dz, dg = z_new - z, g_new - g
 
-        # Remove the term in the slot about to be written (zero while the buffer fills),
-        # so every product below uses the same inverse J⁻¹' = J⁻¹ − u_old v_oldᵀ.
-        kept = (jnp.arange(history) != state.slot).astype(z.dtype)
-        u_old, v_old = state.u[:, state.slot], state.v[:, state.slot]
-        inv_j_g = -direction - u_old * jnp.sum(v_old * g, axis=1, keepdims=True)
-        inv_j_g_new = -g_new + jnp.einsum(
-            "bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.v, g_new) * kept, state.u
-        )
-        v = -dz + jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", state.u, dz) * kept, state.v)
-        denominator = jnp.sum(v * dg, axis=1)
-        usable = jnp.isfinite(denominator) & (jnp.abs(denominator) > jnp.finfo(z.dtype).tiny)
-        u = (dz - (inv_j_g_new - inv_j_g)) / jnp.where(usable, denominator, 1)[:, None]
-        keep = active & usable & jnp.all(jnp.isfinite(u) & jnp.isfinite(v), axis=1)
-        u = jnp.where(keep[:, None], u, 0)
-        v = jnp.where(keep[:, None], v, 0)
+        def update(terms: int) -> Callable[[None], _Update]:
+            return lambda _: _update(state, terms, z_new - z, g, g_new, active, max_increase)
 
-        accept = row_norm(g_new) <= options["max_increase"] * row_norm(g)
-        g_next = jnp.where(accept[:, None], g_new, g)
-        inv_j_g_next = jnp.where(accept[:, None], inv_j_g_new, inv_j_g)
-        next_direction = -(inv_j_g_next + u * jnp.sum(v * g_next, axis=1, keepdims=True))
-        next_direction = jnp.where(jnp.isfinite(next_direction), next_direction, 0)
+        if history > SMALL_HISTORY:
+            # While at most SMALL_HISTORY slots hold terms, run the algebra over those alone.
+            filling = state.filled < SMALL_HISTORY
+            new = lax.cond(filling, update(SMALL_HISTORY), update(history), None)
+        else:
+            new = update(history)(None)
         if keep_earliest:
             next_slot = jnp.minimum(state.slot + 1, history - 1)
         else:
             next_slot = (state.slot + 1) % history
         new_state = BroydenState(
-            u=state.u.at[:, state.slot].set(u),
-            v=state.v.at[:, state.slot].set(v),
-            direction=next_direction,
-            rejections=jnp.where(accept, 0, state.rejections + 1),
+            u=state.u.at[:, state.slot].set(new.u),
+            v=state.v.at[:, state.slot].set(new.v),
+            direction=new.direction,
+            rejections=jnp.where(new.accept, 0, state.rejections + 1),
             slot=next_slot,
+            filled=jnp.minimum(state.filled + 1, history),
         )
-        z_next = jnp.where(accept[:, None], z_new, z)
-        fz_next = jnp.where(accept[:, None], fz_new, fz)
+        z_next = jnp.where(new.accept[:, None], z_new, z)
+        fz_next = jnp.where(new.accept[:, None], fz_new, fz)
         return z_next, fz_next, new_state, fevals
 
-    return Rule(init, step)
+    return Rule(init, step, restart)
 
 
 broyden = rule_solver(

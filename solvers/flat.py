@@ -33,7 +33,7 @@ def flat_view(z0: PyTree, batch_axis: Optional[int]) -> FlatView:
     dtypes = [jnp.result_type(leaf) for leaf in leaves]
     dtype = jnp.result_type(*dtypes)
     batch = 1 if batch_axis is None else shapes[0][0]
-    row_sizes = [int(np.prod(shape)) // batch for shape in shapes]
+    row_sizes = [int(np.prod(shape[0 if batch_axis is None else 1:])) for shape in shapes]
     offsets = np.cumsum(row_sizes)[:-1].tolist()
 
     def to_matrix(tree: PyTree) -> jax.Array:

@@ -4,31 +4,52 @@ The loop solves ``z = f(z)`` for a ``(batch, size)`` matrix of independent rows
 (see :mod:`solvers.flat`). A :class:`Rule` proposes the next point and evaluates
 ``f`` there; the loop owns everything else, identically for every solver:
 
-* the stop-mode residual ``r(z) = ‖f(z) − z‖`` (``"abs"``) or
-  ``‖f(z) − z‖ / ‖f(z)‖`` (``"rel"``), per row;
-* per-row stopping: a row stops when ``r ≤ tol`` (converged), when its residual
-  is non-finite or exceeds ``divergence_factor`` times its initial residual
-  (diverged), or when its best residual fell by less than a fraction
-  ``stall_tol`` over the last ``stall_window`` iterations (stalled);
+* the residuals ``‖f(z) − z‖`` and ``‖f(z) − z‖ / ‖f(z)‖`` per row, accumulated in at
+  least single precision and safe from overflow (:func:`solvers.pytree.row_norms`);
+  the stop-mode residual ``r`` is the first (``"abs"``) or the second (``"rel"``);
+* per-row stopping, with the reason (:class:`Reason`): ``r ≤ tol`` (converged); a
+  non-finite residual (non-finite); an absolute residual above
+  ``divergence_factor`` times the first one (diverged); a lowest absolute residual
+  that fell by less than a fraction ``stall_tol`` over the last ``stall_window``
+  iterations (stalled); or the iteration budget (max_iter). The guards watch the
+  absolute residual in both stop modes, so iterates that run away, where ``‖f(z)‖``
+  grows and the relative residual shrinks, are never taken for convergence;
 * stopped rows are frozen, and the loop ends when every row has stopped or after
-  ``max_iter`` iterations;
-* best-iterate tracking: the returned row is the lowest-residual point seen, so a
-  finite iterate is returned whenever one was seen;
+  ``max_iter`` iterations; ``tol = 0`` turns the stall guard off, so every row runs
+  ``max_iter`` iterations unless it diverges or hits an exact fixed point;
+* the best iterate: the returned row is the lowest stop-mode residual seen among
+  iterates whose absolute residual is below the best one's (a converged iterate that
+  improved on the start always qualifies), so a finite iterate is returned whenever
+  one was seen and a runaway one never is;
+* a fallback: with a second rule, a row that stalls, diverges or goes non-finite
+  continues from its best iterate under that rule, within the same ``max_iter``;
 * statistics (:class:`solvers.types.Stats`), per row.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import enum
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from solvers.pytree import scaled_row_norms
 from solvers.types import Stats
 
 Matrix = jax.Array  # (batch, size)
 FlatMap = Callable[[Matrix], Matrix]
+
+
+class Reason(enum.IntEnum):
+    """Why a sample stopped: the per-sample code in :attr:`solvers.Stats.reason`."""
+
+    CONVERGED = 0  # its stop-mode residual reached tol
+    MAX_ITER = 1  # it ran out of iterations
+    STALLED = 2  # its absolute residual stopped falling (stall_window, stall_tol)
+    DIVERGED = 3  # its absolute residual grew past divergence_factor times the first one
+    NONFINITE = 4  # f returned NaN or inf at its iterate
 
 
 class Rule(NamedTuple):
@@ -39,10 +60,13 @@ class Rule(NamedTuple):
     returns the next point, ``f`` at it, the new state and the per-row number of
     evaluations of ``f`` it spent. Rows where ``active`` is false are discarded
     by the loop; the rule may compute anything finite for them.
+    ``restart(state, z, fz, rows) -> state`` starts the rows ``rows`` afresh from
+    ``(z, fz)``; a rule without it cannot serve as a fallback.
     """
 
     init: Callable[[Matrix, Matrix], Any]
     step: Callable[[FlatMap, Matrix, Matrix, Any, jax.Array], tuple[Matrix, Matrix, Any, jax.Array]]
+    restart: Optional[Callable[[Any, Matrix, Matrix, jax.Array], Any]] = None
 
 
 class LoopOptions(NamedTuple):
@@ -55,18 +79,10 @@ class LoopOptions(NamedTuple):
     fixed_length: bool
 
 
-def row_norm(x: Matrix) -> jax.Array:
-    """The Euclidean norm of every row of ``x``."""
-    return jnp.sqrt(jnp.sum(jnp.real(x * jnp.conj(x)), axis=1))
-
-
 def residuals(z: Matrix, fz: Matrix) -> tuple[jax.Array, jax.Array]:
     """Per-row ``(‖f(z) − z‖, ‖f(z) − z‖ / ‖f(z)‖)``; the relative one is 0/0 = 0 safe."""
-    absolute = row_norm(fz - z)
-    scale = row_norm(fz)
-    tiny = jnp.finfo(absolute.dtype).tiny
-    relative = absolute / jnp.maximum(scale, tiny)
-    return absolute, relative
+    absolute, scale = scaled_row_norms([fz - z], [fz])
+    return absolute, absolute / jnp.maximum(scale, jnp.finfo(scale.dtype).tiny)
 
 
 def bounded_while(
@@ -102,77 +118,158 @@ def bounded_while(
     return lax.while_loop(counted_cond, counted_body, (jnp.zeros((), jnp.int32), carry))[1]
 
 
+def _rows(mask: jax.Array, new: Matrix, old: Matrix) -> Matrix:
+    return jnp.where(mask[:, None], new, old)
+
+
+class _Guards(NamedTuple):
+    """Per-row state of the stopping guards, all on the absolute residual."""
+
+    initial: jax.Array  # the absolute residual at the (re)start: the divergence reference
+    lowest: jax.Array  # the lowest absolute residual seen
+    window: jax.Array  # (batch, stall_window): ``lowest`` over the last iterations, a ring
+    age: jax.Array  # iterations since the (re)start
+
+
 class _Carry(NamedTuple):
     k: jax.Array
     z: Matrix
     fz: Matrix
-    rule_state: Any
+    states: tuple  # one state per rule
+    phase: jax.Array  # (batch,) index of the rule each row moves by
     active: jax.Array
+    reason: jax.Array
     best_z: Matrix
-    best: jax.Array
+    best_fz: Optional[Matrix]  # kept only when a fallback may restart from the best iterate
+    best: jax.Array  # stop-mode residual of the best iterate
     best_abs: jax.Array
     best_rel: jax.Array
-    initial: jax.Array
+    guards: _Guards
     steps: jax.Array
     fevals: jax.Array
     trace: jax.Array
 
 
-def iterate(rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions) -> tuple[Matrix, Stats]:
-    """Solve ``z = f(z)`` row by row from ``z0``; return the best rows and per-row :class:`Stats`."""
+def _step_rules(
+    rules: tuple[Rule, ...], f: FlatMap, c: _Carry
+) -> tuple[Matrix, Matrix, tuple, jax.Array]:
+    """One step of each row's rule. With a fallback, each rule steps only when one of its
+    rows is active (a step evaluates ``f`` on the whole batch), and rows take their own."""
+    if len(rules) == 1:
+        z, fz, state, fevals = rules[0].step(f, c.z, c.fz, c.states[0], c.active)
+        return z, fz, (state,), fevals
+
+    def run(which: tuple[bool, ...]) -> Callable[[None], tuple]:
+        def branch(_: None) -> tuple:
+            z, fz = c.z, c.fz
+            states, fevals = list(c.states), jnp.zeros_like(c.steps)
+            for i, rule in enumerate(rules):
+                if not which[i]:
+                    continue
+                mine = c.active & (c.phase == i)
+                z_i, fz_i, states[i], fevals_i = rule.step(f, c.z, c.fz, c.states[i], mine)
+                z, fz = _rows(mine, z_i, z), _rows(mine, fz_i, fz)
+                fevals = jnp.where(mine, fevals_i, fevals)
+            return z, fz, tuple(states), fevals
+
+        return branch
+
+    first = jnp.any(c.active & (c.phase == 0))
+    second = jnp.any(c.active & (c.phase == 1))
+    index = jnp.where(first & second, 2, jnp.where(second, 1, 0))
+    return lax.switch(index, [run((True, False)), run((False, True)), run((True, True))], None)
+
+
+def iterate(
+    rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions, fallback: Optional[Rule] = None
+) -> tuple[Matrix, Stats]:
+    """Solve ``z = f(z)`` row by row from ``z0``; return the best rows and per-row :class:`Stats`.
+
+    With ``fallback`` (a :class:`Rule` with ``restart``), rows that stall, diverge or go
+    non-finite under ``rule`` restart from their best iterate under ``fallback``.
+    """
+    rules = (rule,) if fallback is None else (rule, fallback)
     batch = z0.shape[0]
     fz0 = f(z0)
     abs0, rel0 = residuals(z0, fz0)
     res0 = abs0 if options.stop_mode == "abs" else rel0
     trace = jnp.zeros((batch, options.max_iter + 1), res0.dtype).at[:, 0].set(res0)
+    window = max(options.stall_window, 1)
+    finite0 = jnp.isfinite(res0)
+    reason0 = jnp.where(
+        ~finite0, Reason.NONFINITE, jnp.where(res0 <= options.tol, Reason.CONVERGED, Reason.MAX_ITER)
+    ).astype(jnp.int32)
     carry = _Carry(
         k=jnp.zeros((), jnp.int32),
         z=z0,
         fz=fz0,
-        rule_state=rule.init(z0, fz0),
-        active=jnp.isfinite(res0) & (res0 > options.tol),
+        states=tuple(r.init(z0, fz0) for r in rules),
+        phase=jnp.zeros((batch,), jnp.int32),
+        active=finite0 & (res0 > options.tol),
+        reason=reason0,
         best_z=z0,
+        best_fz=None if fallback is None else fz0,
         best=res0,
         best_abs=abs0,
         best_rel=rel0,
-        initial=res0,
+        guards=_Guards(abs0, abs0, jnp.broadcast_to(abs0[:, None], (batch, window)),
+                       jnp.zeros((batch,), jnp.int32)),
         steps=jnp.zeros((batch,), jnp.int32),
         fevals=jnp.ones((batch,), jnp.int32),
         trace=trace,
     )
+    stall_on = options.stall_window > 0 and options.tol > 0
 
     def body(c: _Carry) -> _Carry:
-        z_new, fz_new, rule_state, fevals = rule.step(f, c.z, c.fz, c.rule_state, c.active)
+        z_new, fz_new, states, fevals = _step_rules(rules, f, c)
         abs_new, rel_new = residuals(z_new, fz_new)
         res_new = abs_new if options.stop_mode == "abs" else rel_new
-        finite = jnp.isfinite(res_new)
+        finite = jnp.isfinite(abs_new) & jnp.isfinite(res_new)
         move = c.active & finite
-        improved = move & (res_new < c.best)
+        converged_now = (res_new <= options.tol) & (abs_new < c.guards.initial)
+        improved = move & (
+            ((res_new < c.best) & (abs_new < c.best_abs)) | (converged_now & (res_new < c.best))
+        )
         best = jnp.where(improved, res_new, c.best)
         k = c.k + 1
         trace = lax.dynamic_update_slice_in_dim(c.trace, best[:, None], k, axis=1)
-        diverged = ~finite | (res_new > options.divergence_factor * c.initial)
-        stalled = jnp.zeros_like(diverged)
-        if options.stall_window:
-            window_start = jnp.maximum(k - options.stall_window, 0)
-            before = lax.dynamic_slice_in_dim(c.trace, window_start, 1, axis=1)[:, 0]
-            stalled = (k >= options.stall_window) & (best > before * (1 - options.stall_tol))
-        done = (best <= options.tol) | diverged | stalled
-        return _Carry(
+
+        g = c.guards
+        lowest = jnp.where(move, jnp.minimum(g.lowest, abs_new), g.lowest)
+        age = g.age + 1
+        slot = k % window
+        before = lax.dynamic_slice_in_dim(g.window, slot, 1, axis=1)[:, 0]
+        stalled = (age >= window) & (lowest > before * (1 - options.stall_tol))
+        stalled = stalled & stall_on
+        diverged = finite & (abs_new > options.divergence_factor * g.initial)
+        guards = _Guards(g.initial, lowest,
+                         lax.dynamic_update_slice_in_dim(g.window, lowest[:, None], slot, axis=1),
+                         age)
+        failed = c.active & (~finite | diverged | stalled) & (best > options.tol)
+        why = jnp.where(~finite, Reason.NONFINITE, jnp.where(diverged, Reason.DIVERGED,
+                                                             Reason.STALLED)).astype(jnp.int32)
+        converged = c.active & (best <= options.tol)
+        new = _Carry(
             k=k,
-            z=jnp.where(move[:, None], z_new, c.z),
-            fz=jnp.where(move[:, None], fz_new, c.fz),
-            rule_state=rule_state,
-            active=c.active & ~done,
-            best_z=jnp.where(improved[:, None], z_new, c.best_z),
+            z=_rows(move, z_new, c.z),
+            fz=_rows(move, fz_new, c.fz),
+            states=states,
+            phase=c.phase,
+            active=c.active & ~converged & ~failed,
+            reason=jnp.where(converged, Reason.CONVERGED, jnp.where(failed, why, c.reason)),
+            best_z=_rows(improved, z_new, c.best_z),
+            best_fz=None if fallback is None else _rows(improved, fz_new, c.best_fz),
             best=best,
             best_abs=jnp.where(improved, abs_new, c.best_abs),
             best_rel=jnp.where(improved, rel_new, c.best_rel),
-            initial=c.initial,
+            guards=guards,
             steps=c.steps + c.active.astype(jnp.int32),
             fevals=c.fevals + jnp.where(c.active, fevals, 0).astype(jnp.int32),
             trace=trace,
         )
+        if fallback is None:
+            return new
+        return _switch_to_fallback(new, failed & (c.phase == 0), fallback, window)
 
     carry = bounded_while(
         lambda c: jnp.any(c.active), body, carry, options.max_iter, options.fixed_length
@@ -186,5 +283,23 @@ def iterate(rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions) -> tuple[M
         rel_residual=carry.best_rel,
         converged=carry.best <= options.tol,
         trace=trace,
+        reason=carry.reason,
     )
     return carry.best_z, stats
+
+
+def _switch_to_fallback(c: _Carry, rows: jax.Array, fallback: Rule, window: int) -> _Carry:
+    """Rows ``rows`` restart from their best iterate under the fallback rule (phase 1),
+    with fresh guards and their iteration budget unchanged."""
+    z, fz = _rows(rows, c.best_z, c.z), _rows(rows, c.best_fz, c.fz)
+    states = (c.states[0], fallback.restart(c.states[1], z, fz, rows))
+    g = c.guards
+    fresh = _Guards(c.best_abs, c.best_abs, jnp.broadcast_to(c.best_abs[:, None], g.window.shape),
+                    jnp.zeros_like(g.age))
+    guards = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(rows.reshape(rows.shape + (1,) * (a.ndim - 1)), a, b), fresh, g
+    )
+    return c._replace(
+        z=z, fz=fz, states=states, phase=jnp.where(rows, 1, c.phase), active=c.active | rows,
+        reason=jnp.where(rows, Reason.MAX_ITER, c.reason), guards=guards,
+    )

@@ -53,7 +53,11 @@ def choice(default: Any, values: tuple, doc: str = "") -> Option:
 
 COMMON_OPTIONS: dict[str, Option] = {
     "max_iter": positive_int(50, "iteration limit"),
-    "tol": positive_float(1e-5, "stop when the stop-mode residual is <= tol"),
+    "tol": Option(
+        1e-5, (int, float), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
+        "stop when the stop-mode residual is <= tol (0: never stop early; run max_iter "
+        "iterations unless a sample diverges or reaches an exact fixed point)",
+    ),
     "stop_mode": choice("rel", ("abs", "rel"), "'abs': ‖f(z)−z‖; 'rel': ‖f(z)−z‖/‖f(z)‖"),
     "batch_axis": Option(
         None,
@@ -75,6 +79,14 @@ COMMON_OPTIONS: dict[str, Option] = {
         False,
         "run exactly max_iter iterations in lax.scan (stopped samples frozen) so that "
         "reverse-mode autodiff can differentiate through the iterations",
+    ),
+    "fallback": Option(
+        None,
+        (type(None), str),
+        lambda v: v is None or bool(v),
+        "None or the name of a registered solver",
+        "a solver that takes over a sample that stalls, diverges or goes non-finite, from "
+        "its best iterate, within the same max_iter (e.g. 'fixed_point')",
     ),
 }
 

@@ -34,36 +34,56 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
     )
 
 
+def _squares(x: jax.Array, dtype: Any) -> jax.Array:
+    """``|x|²`` elementwise, in the real ``dtype``."""
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real.astype(dtype)) + jnp.square(x.imag.astype(dtype))
+    return jnp.square(x.astype(dtype))
+
+
 def sum_squares(tree: PyTree) -> jax.Array:
     """``‖tree‖² = Σ |x|²`` over every leaf (real, at least single precision)."""
     leaves = _leaves(tree)
     dtype = _real_dtype(*leaves)
-    return sum((jnp.sum(jnp.abs(x).astype(dtype) ** 2) for x in leaves), jnp.zeros((), dtype))
+    return sum((jnp.sum(_squares(x, dtype)) for x in leaves), jnp.zeros((), dtype))
 
 
-def _scaled_norm(rows: list[jax.Array], dtype: Any) -> jax.Array:
-    """``‖x‖`` of each row of the ``(batch, n)`` blocks ``rows``, as ``m·sqrt(Σ(|x|/m)²)`` with
-    ``m`` the largest magnitude in the row, so that squaring neither overflows nor underflows.
-    ``m`` is held constant under differentiation (the derivative of the norm is unchanged)."""
-    magnitudes = [jnp.abs(x).astype(dtype) for x in rows]
-    m = jnp.max(jnp.stack([jnp.max(x, axis=1, initial=0) for x in magnitudes]), axis=0)
-    m = jax.lax.stop_gradient(jnp.where((m > 0) & jnp.isfinite(m), m, 1))
-    total = sum(jnp.sum(jnp.square(x / m[:, None]), axis=1) for x in magnitudes)
-    return m * jnp.sqrt(total)
+def scaled_row_norms(*groups: list[jax.Array]) -> tuple[jax.Array, ...]:
+    """For each group of ``(batch, n)`` blocks, the Euclidean norm of every row across the
+    group's blocks, accumulated in at least single precision.
+
+    The sums of squares are formed directly; only if one overflows are they formed again
+    as ``m·sqrt(Σ(|x|/m)²)`` with ``m`` the row's largest magnitude (held constant under
+    differentiation), so a representable norm is never ``inf``. The groups share that one
+    check, so several norms cost one branch.
+    """
+    dtype = _real_dtype(*[x for rows in groups for x in rows])
+    totals = tuple(sum(jnp.sum(_squares(x, dtype), axis=1) for x in rows) for rows in groups)
+
+    def rescaled(_: None) -> tuple[jax.Array, ...]:
+        norms = []
+        for rows in groups:
+            magnitudes = [jnp.abs(x).astype(dtype) for x in rows]
+            m = jnp.max(jnp.stack([jnp.max(x, axis=1, initial=0) for x in magnitudes]), axis=0)
+            m = jax.lax.stop_gradient(jnp.where((m > 0) & jnp.isfinite(m), m, 1))
+            norms.append(
+                m * jnp.sqrt(sum(jnp.sum(jnp.square(x / m[:, None]), axis=1) for x in magnitudes))
+            )
+        return tuple(norms)
+
+    overflow = jnp.any(jnp.stack([jnp.any(jnp.isinf(t)) for t in totals]))
+    return jax.lax.cond(overflow, rescaled, lambda _: tuple(map(jnp.sqrt, totals)), None)
 
 
 def norm(tree: PyTree) -> jax.Array:
     """The Euclidean norm ``‖tree‖`` over every leaf (overflow-safe, at least single precision)."""
-    leaves = _leaves(tree)
-    return _scaled_norm([jnp.reshape(x, (1, -1)) for x in leaves], _real_dtype(*leaves))[0]
+    return scaled_row_norms([jnp.reshape(x, (1, -1)) for x in _leaves(tree)])[0][0]
 
 
 def row_norms(tree: PyTree) -> jax.Array:
     """Per-sample Euclidean norms of a batched pytree (axis 0 of every leaf is the sample),
     overflow-safe and in at least single precision."""
-    leaves = _leaves(tree)
-    rows = [jnp.reshape(x, (x.shape[0], -1)) for x in leaves]
-    return _scaled_norm(rows, _real_dtype(*leaves))
+    return scaled_row_norms([jnp.reshape(x, (x.shape[0], -1)) for x in _leaves(tree)])[0]
 
 
 def residuals(
@@ -71,8 +91,12 @@ def residuals(
 ) -> tuple[jax.Array, jax.Array]:
     """``(‖f(z) − z‖, ‖f(z) − z‖ / ‖f(z)‖)``, per sample with ``batch_axis=0``; 0/0 counts as 0."""
     diff = jax.tree_util.tree_map(lambda a, b: a - b, fz, z)
-    measure = norm if batch_axis is None else row_norms
-    absolute, scale = measure(diff), measure(fz)
+    rows = 1 if batch_axis is None else jnp.shape(_leaves(z)[0])[0]
+    absolute, scale = scaled_row_norms(
+        *[[jnp.reshape(x, (rows, -1)) for x in _leaves(t)] for t in (diff, fz)]
+    )
+    if batch_axis is None:
+        absolute, scale = absolute[0], scale[0]
     return absolute, absolute / jnp.maximum(scale, jnp.finfo(scale.dtype).tiny)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 
 from solvers.flat import flat_view
 from solvers.loop import LoopOptions, Rule, iterate
@@ -26,6 +27,13 @@ from solvers.types import PyTree, Solution
 from solvers.validation import check_finite, check_map, check_state
 
 MakeRule = Callable[[Mapping[str, Any]], Rule]
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The dtype the solvers' algebra runs in for a state of ``dtype``: the state's own, but
+    at least single precision (float16 and bfloat16 states are iterated in float32, and
+    ``f`` still sees and returns its own dtype)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +71,17 @@ class Solver:
         """The :class:`Rule` this solver runs in the shared loop."""
         return self.make_rule(self.options)
 
+    @property
+    def fallback(self) -> Optional[Solver]:
+        """The solver named by the ``fallback`` option, sharing this one's common options."""
+        name = self.options.get("fallback")
+        if name is None:
+            return None
+        from solvers.registry import get  # the registry holds this module's values
+
+        shared = {k: v for k, v in self.options.items() if k in COMMON_OPTIONS}
+        return get(name, **{**shared, "fallback": None})
+
     def replace(self, **options: Any) -> Solver:
         """This solver with some options changed (checked like the originals)."""
         return self.reset(**{**self.options, **options})
@@ -70,7 +89,14 @@ class Solver:
     def reset(self, **options: Any) -> Solver:
         """This solver with every option at its default except ``options``."""
         resolved = MappingProxyType(resolve(self.name, self.declared, options))
-        return dataclasses.replace(self, options=resolved)
+        solver = dataclasses.replace(self, options=resolved)
+        fallback = solver.fallback  # an unknown name fails here, as any bad option does
+        if fallback is not None and fallback.rule.restart is None:
+            raise ValueError(
+                f"option 'fallback' of solver {self.name!r}: solver {fallback.name!r} cannot "
+                "restart single samples, so it cannot be a fallback"
+            )
+        return solver
 
     def __call__(self, f: Callable[..., PyTree], z0: PyTree, *args: PyTree) -> Solution:
         """Solve ``z = f(z, *args)`` from ``z0``; return the best iterate and its statistics."""
@@ -81,12 +107,17 @@ class Solver:
             check_finite(arg, f"args[{i}]")
         check_map(f, z0, args)
         view = flat_view(z0, batch_axis)
+        work = compute_dtype(view.dtype)
 
         def f_matrix(matrix: jax.Array) -> jax.Array:
-            return view.to_matrix(f(view.from_matrix(matrix), *args))
+            return view.to_matrix(f(view.from_matrix(matrix), *args)).astype(work)
 
         loop_options = LoopOptions(**{k: self.options[k] for k in LoopOptions._fields})
-        best, stats = iterate(self.rule, f_matrix, view.to_matrix(z0), loop_options)
+        fallback = self.fallback
+        best, stats = iterate(
+            self.rule, f_matrix, view.to_matrix(z0).astype(work), loop_options,
+            None if fallback is None else fallback.rule,
+        )
         if batch_axis is None:
             stats = jax.tree_util.tree_map(lambda s: s[0], stats)
         return Solution(view.from_matrix(best), stats)

@@ -28,9 +28,13 @@ class Stats(NamedTuple):
       abs_residual: ``‖f(z) − z‖`` at the returned ``z``.
       rel_residual: ``‖f(z) − z‖ / ‖f(z)‖`` at the returned ``z``.
       converged: whether the stop-mode residual of the returned ``z`` is ``≤ tol``.
-      trace: ``trace[k]`` is the lowest stop-mode residual seen after ``k``
+      trace: ``trace[k]`` is the stop-mode residual of the best iterate after ``k``
         iterations (``trace[0]`` is the residual of ``z0``), so it is
         non-increasing; after the solve stopped it is padded with its last value.
+      reason: why the sample stopped, a :class:`solvers.Reason` code (int32):
+        converged, max_iter, stalled, diverged or non-finite.
+
+    Residuals are computed in at least single precision, whatever the state's dtype.
     """
 
     steps: jax.Array
@@ -39,6 +43,7 @@ class Stats(NamedTuple):
     rel_residual: jax.Array
     converged: jax.Array
     trace: jax.Array
+    reason: jax.Array
 
 
 class Solution(NamedTuple):

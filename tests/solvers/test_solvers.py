@@ -22,7 +22,10 @@ from hypothesis import given, settings
 import solvers
 from solvers.loop import Rule
 
-BUILTIN = ("anderson", "broyden", "fixed_point", "jaxopt_broyden")
+BUILTIN = (
+    "anderson", "broyden", "fixed_point", "jaxopt_anderson", "jaxopt_broyden", "jaxopt_fixed_point"
+)
+OURS = ("anderson", "broyden", "fixed_point")
 TOL = 1e-5
 
 
@@ -122,9 +125,19 @@ def test_solver_specific_options_are_checked():
     with pytest.raises(ValueError, match="'history'"):
         solvers.get("broyden", history=0)
     with pytest.raises(ValueError, match="'history'"):
-        solvers.get("anderson", history=1)
+        solvers.get("anderson", history=0)
+    with pytest.raises(ValueError, match="'history'"):
+        solvers.get("jaxopt_anderson", history=1)
+    with pytest.raises(ValueError, match="'mixing'"):
+        solvers.get("anderson", mixing=1.5)
+    with pytest.raises(ValueError, match="'damping'"):
+        solvers.get("fixed_point", damping=0.0)
     with pytest.raises(TypeError, match="'history'.*valid options"):
         solvers.get("fixed_point", history=3)
+    with pytest.raises(ValueError, match="unknown solver 'newton'"):
+        solvers.get("broyden", fallback="newton")
+    with pytest.raises(ValueError, match="cannot be a fallback"):
+        solvers.get("broyden", fallback="jaxopt_anderson")
     with pytest.raises(ValueError, match="'when_full'"):
         solvers.get("broyden", when_full="drop_all")
 
@@ -317,7 +330,7 @@ def test_single_system_stats_are_scalars():
 # Non-contractive but solvable linear maps: closed forms.
 
 
-@pytest.mark.parametrize("name", ["broyden", "jaxopt_broyden"])
+@pytest.mark.parametrize("name", ["broyden", "anderson", "jaxopt_broyden"])
 def test_scalar_map_with_slope_minus_two(name):
     """f(z) = −2z + 1 has z* = 1/3; plain iteration diverges from it."""
     solve = solvers.get(name, tol=1e-7, max_iter=50, stop_mode="abs")
@@ -413,7 +426,7 @@ def test_fixed_length_matches_while_loop_and_is_differentiable():
     common = dict(tol=1e-6, max_iter=60, stop_mode="abs")
     f = lambda z, b: z @ a + b  # noqa: E731
     b = jnp.array([1.0, 2.0])
-    for name in ("broyden", "anderson"):  # the two kinds of rule: ours and jaxopt's
+    for name in ("broyden", "anderson", "jaxopt_anderson"):  # our rules and jaxopt's
         loop = solvers.get(name, **common)(f, jnp.zeros(2), b)
         scan = solvers.get(name, fixed_length=True, **common)(f, jnp.zeros(2), b)
         np.testing.assert_allclose(loop.value, scan.value, rtol=1e-6)

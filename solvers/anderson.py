@@ -1,0 +1,207 @@
+"""Type-II Anderson acceleration for ``z = f(z)``, safeguarded for single precision.
+
+With the residual ``g(z) = f(z) − z`` and the last ``m`` differences of iterates and
+residuals as the columns of ``ΔZ`` and ``ΔG``, each step solves the small least-squares
+problem
+
+    γ = argmin ‖g(z) − ΔG γ‖²  (ridge-regularised),
+    z⁺ = z + β g(z) − (ΔZ + β ΔG) γ,
+
+with mixing ``β`` (``history`` ``m``, ``mixing`` ``β``; Walker & Ni 2011). On a linear
+map it is GMRES in disguise. Per row, the Gram matrix ``ΔGᴴΔG`` is kept up to date one
+column at a time, and the normal equations are solved after Jacobi scaling (unit
+diagonal) with a ridge *relative* to that scaled matrix, ``(Ĝ + λ I) γ̂ = ĉ``: unlike an
+absolute ridge, it never dominates the system when the residuals become small, so the
+iteration keeps converging in float32 down to the precision of ``f``. Cost per
+iteration: one evaluation of ``f``, one pass over ``ΔG`` (both inner products of the
+step at once) and one over ``ΔZ + β ΔG``, plus an ``m × m`` Cholesky solve per row.
+
+Safeguards, per row:
+
+* the history restarts, keeping only its newest column, when the scaled Gram matrix is
+  ill-conditioned (its Cholesky estimate of the condition number exceeds
+  ``max_condition``; default ``1 / (100 ε)`` of the working precision) or when a step
+  raised the residual by more than ``max_increase``; that step is the one-column
+  (secant) step;
+* columns that are not finite are never stored, and a proposal that is not finite is
+  replaced by the plain step, so one bad evaluation of ``f`` does not poison the history.
+
+The history never exceeds the problem size or the iteration budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from solvers.loop import FlatMap, Matrix, Rule
+from solvers.options import Option, positive_int
+from solvers.solver import rule_solver
+
+
+class AndersonState(NamedTuple):
+    dg: jax.Array  # (batch, history, size): ΔG columns, g(z_{j+1}) − g(z_j)
+    du: jax.Array  # (batch, history, size): ΔZ + β ΔG columns
+    gram: jax.Array  # (batch, history, history): ΔGᴴ ΔG
+    valid: jax.Array  # (batch, history): the columns each row may use
+    z_prev: Matrix  # the previous iterate and its residual
+    g_prev: Matrix
+    has_prev: jax.Array  # (batch,)
+    slot: jax.Array  # the column the next difference goes to (shared ring)
+
+
+def _dot_rows(a: Matrix, b: Matrix) -> jax.Array:
+    """Per-row Hermitian inner products ``aᴴ b``."""
+    return jnp.sum(jnp.conj(a) * b, axis=1)
+
+
+def anderson_rule(options: Mapping[str, Any]) -> Rule:
+    """The :class:`Rule` of safeguarded type-II Anderson (see the module docstring)."""
+    beta = float(options["mixing"])
+    ridge = float(options["ridge"])
+    max_increase = float(options["max_increase"])
+
+    def init(z: Matrix, fz: Matrix) -> AndersonState:
+        batch, size = z.shape
+        m = max(1, min(options["history"], options["max_iter"], size))
+        buffers = jnp.zeros((batch, m, size), z.dtype)
+        return AndersonState(
+            dg=buffers, du=buffers, gram=jnp.zeros((batch, m, m), z.dtype),
+            valid=jnp.zeros((batch, m), bool), z_prev=z, g_prev=fz - z,
+            has_prev=jnp.zeros((batch,), bool), slot=jnp.zeros((), jnp.int32),
+        )
+
+    def restart(state: AndersonState, z: Matrix, fz: Matrix, rows: jax.Array) -> AndersonState:
+        return state._replace(
+            valid=state.valid & ~rows[:, None],
+            z_prev=jnp.where(rows[:, None], z, state.z_prev),
+            g_prev=jnp.where(rows[:, None], fz - z, state.g_prev),
+            has_prev=state.has_prev & ~rows,
+        )
+
+    def step(
+        f: FlatMap, z: Matrix, fz: Matrix, state: AndersonState, active: jax.Array
+    ) -> tuple[Matrix, Matrix, AndersonState, jax.Array]:
+        m = state.dg.shape[1]
+        real = jnp.finfo(z.dtype).dtype
+        g = fz - z
+        s = state.slot
+        # The newest difference column, from the previous iterate to this one.
+        dz, dg_new = z - state.z_prev, g - state.g_prev
+        dg_norm2 = jnp.real(_dot_rows(dg_new, dg_new))
+        fresh = state.has_prev & jnp.isfinite(dg_norm2) & (dg_norm2 > 0)
+        fresh = fresh & jnp.all(jnp.isfinite(dz), axis=1)
+        dg_new = jnp.where(fresh[:, None], dg_new, 0)
+        # The inner products of every stored column with g and with Δg.
+        conj_dg = jnp.conj(state.dg)
+        c_g = jnp.einsum("bmn,bn->bm", conj_dg, g)
+        c_dg = jnp.einsum("bmn,bn->bm", conj_dg, dg_new)
+        dg = state.dg.at[:, s].set(dg_new)
+        du = state.du.at[:, s].set(jnp.where(fresh[:, None], dz + beta * dg_new, 0))
+        column = c_dg.at[:, s].set(dg_norm2.astype(z.dtype))  # ΔGᴴ Δg, new column included
+        gram = state.gram.at[:, :, s].set(column).at[:, s, :].set(jnp.conj(column))
+        c = c_g.at[:, s].set(_dot_rows(dg_new, g))
+        newest = jnp.arange(m) == s
+        valid = jnp.where(newest[None, :], fresh[:, None], state.valid)
+
+        # Solve (Ĝ + λ I) γ̂ = ĉ with Ĝ = D⁻¹ G D⁻¹ (unit diagonal), γ = D⁻¹ γ̂.
+        scale = jnp.sqrt(jnp.maximum(jnp.real(jnp.diagonal(gram, axis1=1, axis2=2)), 0))
+        scale = jnp.where(valid & (scale > 0), scale, 1).astype(real)
+        pair = valid[:, :, None] & valid[:, None, :]
+        eye = jnp.eye(m, dtype=z.dtype)
+        scaled = jnp.where(pair, gram / (scale[:, :, None] * scale[:, None, :]), eye)
+        rhs = jnp.where(valid, c / scale, 0)
+        gamma_scaled, pivots = cholesky_solve(scaled + ridge * eye, rhs)
+        condition = (jnp.max(pivots, axis=1) / jnp.min(pivots, axis=1)) ** 2
+        gamma = gamma_scaled / scale
+        gamma = jnp.where(valid, gamma, 0)
+
+        # A restarted row keeps only the newest column: one secant step, γ_s = Δgᴴg / ‖Δg‖².
+        g_norm = jnp.sqrt(jnp.real(_dot_rows(g, g)))
+        g_prev_norm = jnp.sqrt(jnp.real(_dot_rows(state.g_prev, state.g_prev)))
+        raised = state.has_prev & (g_norm > max_increase * g_prev_norm)
+        ill = ~(condition <= max_condition(options, z.dtype))  # NaN counts as ill
+        restart_rows = raised | ill | ~jnp.all(jnp.isfinite(gamma), axis=1)
+        secant = c[:, s] / jnp.where(fresh, dg_norm2 * (1 + ridge), 1).astype(z.dtype)
+        only_newest = newest[None, :] & fresh[:, None]
+        gamma = jnp.where(restart_rows[:, None], jnp.where(only_newest, secant[:, None], 0), gamma)
+        valid = jnp.where(restart_rows[:, None], only_newest, valid)
+
+        plain = z + beta * g
+        z_new = plain - jnp.einsum("bmn,bm->bn", du, gamma)  # one pass over ΔZ + β ΔG
+        z_new = jnp.where(jnp.all(jnp.isfinite(z_new), axis=1, keepdims=True), z_new, plain)
+        new_state = AndersonState(
+            dg=dg, du=du, gram=gram, valid=valid, z_prev=z, g_prev=g,
+            has_prev=state.has_prev | active, slot=(s + 1) % m,
+        )
+        return z_new, f(z_new), new_state, jnp.ones(z.shape[:1], jnp.int32)
+
+    return Rule(init, step, restart)
+
+
+UNROLLED_SIZE = 8  # systems up to this size are solved by unrolled elementwise code
+
+
+def cholesky_solve(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Solve the Hermitian positive definite systems ``a x = b`` (``a``: ``(batch, m, m)``,
+    ``b``: ``(batch, m)``); return ``x`` and the Cholesky pivots ``diag(L)`` (real).
+
+    For ``m ≤ UNROLLED_SIZE`` the factorisation and both triangular solves are unrolled
+    into elementwise operations on the batch, which XLA fuses into a few kernels (a
+    library call per tiny system costs more than the arithmetic).
+    """
+    m = a.shape[-1]
+    if m > UNROLLED_SIZE:
+        chol = jnp.linalg.cholesky(a)
+        x = jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]
+        return x, jnp.real(jnp.diagonal(chol, axis1=1, axis2=2))
+    lower = [[None] * m for _ in range(m)]
+    for j in range(m):
+        pivot = a[:, j, j] - sum((lower[j][k] * jnp.conj(lower[j][k]) for k in range(j)), 0)
+        lower[j][j] = jnp.sqrt(jnp.real(pivot)).astype(a.dtype)
+        for i in range(j + 1, m):
+            entry = a[:, i, j] - sum((lower[i][k] * jnp.conj(lower[j][k]) for k in range(j)), 0)
+            lower[i][j] = entry / lower[j][j]
+    y = []
+    for i in range(m):
+        y.append((b[:, i] - sum((lower[i][k] * y[k] for k in range(i)), 0)) / lower[i][i])
+    x = [None] * m
+    for i in reversed(range(m)):
+        rest = sum((jnp.conj(lower[k][i]) * x[k] for k in range(i + 1, m)), 0)
+        x[i] = (y[i] - rest) / lower[i][i]
+    pivots = jnp.stack([jnp.real(lower[i][i]) for i in range(m)], axis=1)
+    return jnp.stack(x, axis=1), pivots
+
+
+def max_condition(options: Mapping[str, Any], dtype: Any) -> float:
+    """The condition number of the scaled Gram matrix above which the history restarts."""
+    given = options["max_condition"]
+    return float(given) if given is not None else 0.01 / float(jnp.finfo(dtype).eps)
+
+
+anderson = rule_solver(
+    "anderson",
+    {
+        "history": positive_int(5, "m: difference columns kept (capped at the problem size)"),
+        "mixing": Option(
+            1.0, (int, float), lambda v: 0 < v <= 1, "a number in (0, 1]",
+            "β of z⁺ = z + β g − (ΔZ + β ΔG) γ",
+        ),
+        "ridge": Option(
+            1e-6, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)",
+            "λ of (Ĝ + λ I) γ̂ = ĉ, relative to the unit-diagonal scaled Gram matrix Ĝ",
+        ),
+        "max_condition": Option(
+            None, (type(None), int, float), lambda v: v is None or v > 1,
+            "None or a number > 1",
+            "restart the history above this condition number of Ĝ (None: 1/(100 ε))",
+        ),
+        "max_increase": Option(
+            10.0, (int, float), lambda v: v >= 1, "a number >= 1",
+            "restart the history after a step that raised ‖f(z) − z‖ by more than this factor",
+        ),
+    },
+    anderson_rule,
+)
