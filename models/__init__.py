@@ -9,8 +9,9 @@ Modules, one idea each:
 - :mod:`models.optim`: AdamW with warmup-cosine learning rate and gradient clipping;
 - :mod:`models.step`: the train state and the compiled train/eval steps;
 - :mod:`models.sharding`: data parallelism with ``Mesh`` + ``NamedSharding`` (multi-host too);
-- :mod:`models.checkpoint`: atomic ``.npz`` checkpoints and the resume config check;
-- :mod:`models.metrics`: the metrics JSON-lines file and its plot;
+- :mod:`models.checkpoint`: sealed, atomic ``.npz`` checkpoints and the resume config check;
+- :mod:`models.metrics`: the metrics JSON-lines file (tolerant of a torn last line) and its plot;
+- :mod:`models.rundir`: the run directory's lock, atomic writes and stale-file cleanup;
 - :mod:`models.sample`: text generation;
 - :mod:`models.config` and :mod:`models.train`: ``python -m models.train``.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,10 @@ class TrainConfig:
         4, "sequences of each batch the Jacobian penalty is estimated on (0: all of them)"
     )
     # optimisation
-    steps: int = _flag(700, "training steps")
+    steps: int = _flag(
+        700, "training steps in all (with --resume, a larger value extends the run and re-lays "
+        "the learning-rate schedule for the new total)"
+    )
     batch_size: int = _flag(32, "global batch size (sequences per step, split across devices)")
     seq_len: int = _flag(64, "bytes per training sequence")
     lr: float = _flag(3e-3, "peak learning rate of AdamW")
@@ -118,6 +122,10 @@ class TrainConfig:
     )
     run_dir: str = _flag("runs/deq_lm", "output folder: metrics, checkpoint, plot, sample")
     resume: bool = _flag(False, "continue from the checkpoint in --run-dir")
+    overwrite: bool = _flag(
+        False, "start afresh in a --run-dir that holds a run, replacing its files (without "
+        "--resume or --overwrite, that is refused)"
+    )
     sample_len: int = _flag(200, "bytes of text sampled from the model at the end (0: none)")
     sample_prompt: str = _flag("The ", "prompt of the final sample")
     temperature: float = _flag(0.8, "sampling temperature of the final sample")
@@ -157,6 +165,7 @@ class TrainConfig:
 RESUMABLE_KEYS: frozenset[str] = frozenset(
     {
         "resume",
+        "overwrite",
         "run_dir",
         "checkpoint_every",
         "progress",
@@ -205,6 +214,10 @@ def validate_config(config: TrainConfig) -> None:
     def fail(name: str, message: str) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} {message}")
 
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f.name, f"must be a finite number, got {value}")
     for name in _POSITIVE:
         if getattr(config, name) < 1:
             fail(name, f"must be at least 1, got {getattr(config, name)}")
@@ -232,6 +245,8 @@ def validate_config(config: TrainConfig) -> None:
         fail("model", f"must be one of {', '.join(MODELS)}, got {config.model!r}")
     if config.backward not in BACKWARDS:
         fail("backward", f"must be one of {', '.join(BACKWARDS)}, got {config.backward!r}")
+    if config.resume and config.overwrite:
+        fail("overwrite", "contradicts --resume: continue the run in --run-dir, or replace it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,9 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints, exact resume, data parallelism over all devices.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Ctrl-C writes a checkpoint and exits (status 130); rerun with the same flags "
-        "plus --resume to continue exactly where it stopped. Multi-host: run the same command "
-        "on every host with --distributed (and --coordinator-address, --num-processes, "
-        "--process-id unless the cluster is auto-detected); --batch-size is global.",
+        "plus --resume to continue exactly where it stopped, or with a larger --steps as well "
+        "to extend the run. One process at a time per --run-dir (its lock file is run.lock); "
+        "starting afresh in a run directory that holds a run needs --overwrite. The checkpoint "
+        "before the latest is kept as checkpoint.prev.npz: if checkpoint.npz is damaged, "
+        "--resume says so and names it; rename it to checkpoint.npz to resume from it. A "
+        "non-finite training or validation loss, or parameters, stop training (status 3) "
+        "without overwriting the last good checkpoint. Bad settings, data, checkpoints, metrics or run directories print "
+        "one 'error:' line (status 2). Multi-host: run the same command on every host with "
+        "--distributed (and --coordinator-address, --num-processes, --process-id unless the "
+        "cluster is auto-detected); --batch-size is global.",
     )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

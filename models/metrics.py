@@ -4,7 +4,12 @@ Each line of ``metrics.jsonl`` is one record ``{"split": "train" | "valid", "ste
 (``step`` counts completed training steps). Wall-clock fields (``time``, ``tokens_per_s``) are
 listed in :data:`TIMING_KEYS` so comparisons between runs can leave them out. On resume from a
 checkpoint taken at step ``k`` the file is cut back to its records with ``step ≤ k``, so an
-interrupted-then-resumed run ends with the same records as an uninterrupted one.
+interrupted-then-resumed run ends with the same records as an uninterrupted one, and a
+``(split, step)`` record that is already there is not written again (a finished run that is
+resumed re-validates its last step without a second record).
+
+Reading is tolerant of a crash mid-append: a torn last line is dropped with a
+:class:`MetricsWarning`. Any other unreadable line is corruption: :class:`MetricsError`.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from implicit import BackwardSolveWarning
+from models.rundir import atomic_write
 
 __all__ = [
     "METRICS_NAME",
     "PLOT_NAME",
     "TIMING_KEYS",
     "BackwardWarningCounter",
+    "MetricsError",
     "MetricsLog",
+    "MetricsWarning",
     "read_metrics",
     "plot_metrics",
 ]
@@ -32,13 +40,58 @@ PLOT_NAME: str = "metrics.png"
 TIMING_KEYS: frozenset[str] = frozenset({"time", "tokens_per_s"})
 
 
+class MetricsError(ValueError):
+    """A metrics file is corrupt somewhere other than a torn last line."""
+
+
+class MetricsWarning(UserWarning):
+    """A metrics file ended with a torn line (a crash mid-append); it was dropped."""
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """The record on one line, or None if the line is not a record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("split"), str) and isinstance(
+        record.get("step"), int
+    )
+    return record if ok else None
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a metrics file, in order (``[]`` if it does not exist)."""
+    """All records of a metrics file, in order (``[]`` if it does not exist).
+
+    A torn last line is dropped with a :class:`MetricsWarning`; an unreadable line before
+    the last raises :class:`MetricsError` naming the file and the line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    lines = [
+        (number, line)
+        for number, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1)
+        if line.strip()
+    ]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        record = _parse(line)
+        if record is not None:
+            records.append(record)
+        elif index == len(lines) - 1:
+            warnings.warn(
+                f"metrics file {str(path)!r}: dropped its torn last line {number} "
+                f"({line[:40]!r}), left by a crash mid-write",
+                MetricsWarning,
+                stacklevel=2,
+            )
+        else:
+            raise MetricsError(
+                f"metrics file {str(path)!r} is corrupt at line {number} of {lines[-1][0]}: "
+                f"{line[:40]!r} is not a metrics record; repair or delete the file"
+            )
+    return records
 
 
 class MetricsLog:
@@ -47,29 +100,30 @@ class MetricsLog:
     def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_NAME
         self.enabled = enabled
+        self._written: set[tuple[str, int]] = set()
 
     def start(self, resume_step: int | None) -> None:
         """Start a fresh file (``resume_step=None``) or keep the records up to ``resume_step``."""
+        self._written = set()
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [] if resume_step is None else [
-            r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step
+            r for r in read_metrics(self.path) if r["step"] <= resume_step
         ]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for record in kept:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        self._written = {(r["split"], r["step"]) for r in kept}
+        text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept)
+        atomic_write(self.path, text)
 
     def write(self, split: str, step: int, values: dict[str, Any]) -> None:
-        """Append one record."""
-        if not self.enabled:
+        """Append one record, unless one for ``(split, step)`` is already there."""
+        if not self.enabled or (split, int(step)) in self._written:
             return
         record = {"split": split, "step": int(step)}
         record.update({k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()})
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self._written.add((split, int(step)))
 
 
 def plot_metrics(

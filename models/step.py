@@ -46,8 +46,10 @@ TRAIN_METRICS: tuple[str, ...] = (
     "solver_steps_max",
     "rel_residual",
     "converged",
+    "state_finite",
 )
-"""Keys of the metrics dict a train step returns (scalars)."""
+"""Keys of the metrics dict a train step returns (scalars). ``state_finite`` is 1 when every
+floating-point value of the new parameters and optimizer state is finite, else 0."""
 
 Metrics = dict[str, jax.Array]
 TrainStep = Callable[["TrainState", jax.Array], tuple["TrainState", Metrics]]
@@ -73,6 +75,16 @@ def init_state(
     init = jax.jit(lambda key: model.init(key, tokens), compiler_options=compiler_options)
     params = init(jax.random.key(config.seed))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """1.0 if every floating-point leaf of ``tree`` is finite, else 0.0."""
+    checks = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)).astype(jnp.float32)
 
 
 def _solve_metrics(stats: dict[str, jax.Array]) -> Metrics:
@@ -121,6 +133,7 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             **_solve_metrics(stats),
+            "state_finite": _all_finite((params, opt_state)),
         }
         return TrainState(state.step + 1, params, opt_state), metrics
 

@@ -13,18 +13,32 @@ The loop, for ``step = start .. steps − 1``:
 At the end: validation on the whole held-out text, a final checkpoint, ``metrics.png``, a text
 sample (``sample.txt``) and ``summary.json``. Ctrl-C finishes the current step, writes a
 checkpoint and exits with status 130; ``--resume`` continues from it and ends with the same
-parameters and metrics as an uninterrupted run. Bad data, settings or checkpoints print one
-``error:`` line and exit with status 2.
+parameters and metrics as an uninterrupted run; ``--resume`` with a larger ``--steps`` extends
+the run, re-laying the learning-rate schedule for the new total.
+
+The run directory is safe (:mod:`models.rundir`): one process at a time (``run.lock``), stale
+temporary files deleted at start, a fresh start over an existing run refused without
+``--overwrite``, the checkpoint before the latest kept as ``checkpoint.prev.npz``, and a
+checkpoint verified before it is used (:mod:`models.checkpoint`). All of that is checked
+before the data is loaded and the steps are compiled.
+
+Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory (one
+``error:`` line); 3 training stopped because a training or validation loss, or the updated
+parameters, were not finite (that step is not checkpointed; the last good checkpoint is kept);
+130 interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import math
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +48,15 @@ import jax
 import numpy as np
 
 from models.checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_NAME,
+    Checkpoint,
     CheckpointError,
     check_config,
     checkpoint_path,
-    load_checkpoint,
-    read_meta,
+    previous_checkpoint_path,
+    read_run_checkpoint,
+    restore,
     save_checkpoint,
 )
 from models.config import ConfigError, TrainConfig, parse_config, validate_config
@@ -52,13 +70,22 @@ from models.data import (
 )
 from models.lm import deq_backward, deq_solver, make_model
 from models.metrics import (
+    METRICS_NAME,
     PLOT_NAME,
     BackwardWarningCounter,
+    MetricsError,
     MetricsLog,
     plot_metrics,
     read_metrics,
 )
 from models.optim import learning_rate_schedule, make_optimizer
+from models.rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write,
+    ensure_run_dir,
+    remove_stale_temporaries,
+)
 from models.sample import generate
 from models.sharding import (
     check_batch_divisible,
@@ -76,10 +103,32 @@ from models.step import (
     summarize_eval,
 )
 
-__all__ = ["TrainResult", "train", "main", "INTERRUPTED_EXIT", "ERROR_EXIT"]
+__all__ = [
+    "TrainResult",
+    "train",
+    "main",
+    "INTERRUPTED_EXIT",
+    "ERROR_EXIT",
+    "DIVERGED_EXIT",
+    "EXPECTED_ERRORS",
+    "RUN_FILES",
+]
 
 INTERRUPTED_EXIT: int = 130
 ERROR_EXIT: int = 2
+DIVERGED_EXIT: int = 3
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, DataError, CheckpointError, MetricsError, RunDirError,
+)
+"""Failures that ``main`` reports as one ``error:`` line with status 2."""
+
+CONFIG_NAME, SUMMARY_NAME, SAMPLE_NAME = "config.json", "summary.json", "sample.txt"
+RUN_FILES: tuple[str, ...] = (
+    CHECKPOINT_NAME, PREVIOUS_NAME, METRICS_NAME, PLOT_NAME, CONFIG_NAME, SUMMARY_NAME,
+    SAMPLE_NAME,
+)
+"""The files a run writes in its directory (``--overwrite`` deletes them)."""
 
 StepHook = Callable[[int, dict[str, float]], None]
 
@@ -89,13 +138,16 @@ class TrainResult:
     """What :func:`train` returns.
 
     Attributes:
-      status: ``"completed"`` or ``"interrupted"`` (a checkpoint was written at ``step``).
-      step: completed training steps.
-      state: the final train state as NumPy arrays.
-      valid_bpb: bits per byte on the whole validation text (``None`` if interrupted).
+      status: ``"completed"``, ``"interrupted"`` (a checkpoint was written at ``step``) or
+        ``"diverged"`` (a training or validation loss, or the updated state, was not finite;
+        that step was not checkpointed, and ``message`` says so).
+      step: completed training steps (a step whose loss or update was not finite excluded).
+      state: the final train state as NumPy arrays (the last finite one).
+      valid_bpb: bits per byte on the whole validation text (``None`` unless completed).
       unigram_bpb: the unigram baseline on the same text.
       sample: the generated text (``""`` if none).
       summary: the contents of ``summary.json``.
+      message: why a run stopped early (``""`` if it did not).
     """
 
     status: str
@@ -105,6 +157,7 @@ class TrainResult:
     unigram_bpb: float
     sample: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
 
 class _Interrupt:
@@ -149,13 +202,14 @@ class _Programs:
     eval_step: Any
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
     """Model, optimizer, initial state and compiled steps for ``key`` (a
     :meth:`TrainConfig.compile_key`) on ``mesh``.
 
     Cached, so calling :func:`train` again in one process (a resumed run, a notebook, a
-    test) reuses the compiled steps.
+    test) reuses the compiled steps. ``key`` includes ``steps``: the learning-rate schedule
+    is part of the compiled step, so a run extended to a larger ``--steps`` compiles anew.
     """
     compiler_options = dict(options) or None
     model = make_model(key)
@@ -198,7 +252,9 @@ class _Run:
     start: int
     metrics_log: MetricsLog
     t_begin: float
+    last_checkpoint: int | None  # the step of the latest checkpoint in run_dir, if any
     train_seconds: float = 0.0  # in the loop, this session
+    stop_reason: str = ""  # why the loop stopped early, if it did
 
     @property
     def checkpoint_file(self) -> Path:
@@ -215,9 +271,64 @@ class _Run:
         return summarize_eval(results)
 
     def checkpoint(self, step: int) -> None:
+        """Write the state as the checkpoint of ``step`` (once), keeping the one before."""
+        if self.last_checkpoint == step:
+            return
         host = to_host(self.state)
         if self.writer:
-            save_checkpoint(self.checkpoint_file, host, step=step, config=self.config.to_dict())
+            save_checkpoint(self.checkpoint_file, host, step=step, config=self.config.to_dict(),
+                            previous=previous_checkpoint_path(self.run_dir))
+        self.last_checkpoint = step
+
+
+def _holds_run(run_dir: Path) -> list[str]:
+    """The files that make ``run_dir`` hold a run: checkpoints, or metrics with records."""
+    held = [name for name in (CHECKPOINT_NAME, PREVIOUS_NAME) if (run_dir / name).exists()]
+    metrics = run_dir / METRICS_NAME
+    if metrics.is_file() and metrics.stat().st_size:
+        held.append(METRICS_NAME)
+    return held
+
+
+def _claim_run_dir(
+    config: TrainConfig, run_dir: Path, log: Callable[[str], None], stack: contextlib.ExitStack
+) -> None:
+    """Make and lock the run directory (released when ``stack`` closes), delete stale
+    temporary files, and refuse a fresh start over a run without ``--overwrite``."""
+    ensure_run_dir(run_dir)
+    lock = stack.enter_context(RunLock(run_dir))
+    if lock.took_over is not None:
+        log(f"note: process {lock.took_over} left its lock on {str(run_dir)!r} and is no "
+            "longer running; taking the run directory over")
+    removed = remove_stale_temporaries(run_dir, RUN_FILES)
+    if removed:
+        log(f"note: deleted {len(removed)} temporary file(s) left by an interrupted write: "
+            + ", ".join(removed))
+    held = _holds_run(run_dir)
+    if held and not (config.resume or config.overwrite):
+        raise RunDirError(
+            f"run directory {str(run_dir)!r} already holds a run ({', '.join(held)}); pass "
+            "--resume to continue it or --overwrite to replace it, or use another --run-dir"
+        )
+    if held and config.overwrite:
+        log(f"--overwrite: replacing the run in {str(run_dir)!r}")
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _resume_point(
+    config: TrainConfig, run_dir: Path, log: Callable[[str], None]
+) -> Checkpoint | None:
+    """The verified checkpoint to resume from (None for a fresh start); says when the run
+    is extended to a larger ``--steps``."""
+    if not config.resume:
+        return None
+    checkpoint = read_run_checkpoint(run_dir)
+    old_total = check_config(checkpoint.config, config.to_dict(), checkpoint.path)
+    if old_total is not None:
+        log(f"extending the run from {old_total} to {config.steps} steps: the learning-rate "
+            f"schedule is re-laid for {config.steps} steps (resuming at step {checkpoint.step})")
+    return checkpoint
 
 
 def _setup(
@@ -225,9 +336,11 @@ def _setup(
     devices: Sequence[jax.Device] | None,
     log: Callable[[str], None],
     compiler_options: dict[str, Any] | None,
+    stack: contextlib.ExitStack,
 ) -> _Run:
-    """Check the settings, load the data, build (or reuse) the compiled programs and the
-    state to start from (fresh or the checkpoint's); say what will run."""
+    """Check the settings and the run directory (claimed until ``stack`` closes) and the
+    checkpoint to resume from, then load the data, build (or reuse) the compiled programs
+    and the state to start from; say what will run."""
     t_begin = time.perf_counter()
     validate_config(config)
     try:
@@ -237,16 +350,24 @@ def _setup(
         raise ConfigError(str(err)) from err
     _initialize_distributed(config)
     writer = jax.process_index() == 0
+    if not writer:
+        log = _silent
     mesh = make_mesh(devices)
     try:
         check_batch_divisible(config.batch_size, mesh)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
+    # the run directory and the checkpoint, before any expensive work
     run_dir = Path(config.run_dir)
-    ckpt = checkpoint_path(run_dir)
-    if config.resume:  # refuse a mismatched resume before any expensive work
-        check_config(read_meta(ckpt)["config"], config.to_dict(), ckpt)
+    if writer:
+        _claim_run_dir(config, run_dir, log, stack)
+    checkpoint = _resume_point(config, run_dir, log)
+    start = checkpoint.step if checkpoint is not None else 0
+    metrics_log = MetricsLog(run_dir, enabled=writer)
+    metrics_log.start(start if checkpoint is not None else None)
+    if writer:
+        atomic_write(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
 
     corpus = load_corpus(config.data, max_bytes=config.max_bytes or None)
     try:
@@ -259,29 +380,22 @@ def _setup(
     programs = _programs(
         config.compile_key(), mesh, tuple(sorted((compiler_options or {}).items()))
     )
-    host_state, start = programs.initial_state, 0
-    if config.resume:
-        host_state, meta = load_checkpoint(ckpt, host_state)
-        check_config(meta["config"], config.to_dict(), ckpt)
-        start = int(meta["step"])
+    host_state = programs.initial_state
+    if checkpoint is not None:
+        host_state = restore(checkpoint, host_state)
 
-    metrics_log = MetricsLog(run_dir, enabled=writer)
-    metrics_log.start(start if config.resume else None)
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        n_params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(host_state.params))
-        what = (
-            f"DEQ (solver {solver}, backward {backward})"
-            if config.model == "deq"
-            else f"{config.model} stack of depth {config.depth}"
-        )
-        log(
-            f"{what}; {n_params:,} parameters; {len(train_bytes):,} train / "
-            f"{len(valid_bytes):,} valid bytes of {config.data!r}; unigram baseline "
-            f"{unigram:.3f} bits/byte; {len(mesh.devices.flat)} device(s); "
-            + (f"resuming at step {start}" if config.resume else "starting at step 0")
-        )
+    n_params = sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(host_state.params))
+    what = (
+        f"DEQ (solver {solver}, backward {backward})"
+        if config.model == "deq"
+        else f"{config.model} stack of depth {config.depth}"
+    )
+    log(
+        f"{what}; {n_params:,} parameters; {len(train_bytes):,} train / "
+        f"{len(valid_bytes):,} valid bytes of {config.data!r}; unigram baseline "
+        f"{unigram:.3f} bits/byte; {len(mesh.devices.flat)} device(s); "
+        + (f"resuming at step {start}" if checkpoint is not None else "starting at step 0")
+    )
     return _Run(
         config=config, log=log, writer=writer, mesh=mesh,
         rows=process_rows(config.batch_size), run_dir=run_dir, valid_bytes=valid_bytes,
@@ -289,12 +403,49 @@ def _setup(
         sampler=BatchSampler(train_bytes, config.batch_size, config.seq_len, config.seed),
         programs=programs, state=replicate(host_state, mesh), start=start,
         metrics_log=metrics_log, t_begin=t_begin,
+        last_checkpoint=checkpoint.step if checkpoint is not None else None,
+    )
+
+
+def _silent(message: str) -> None:
+    """The log of the processes that do not write the run directory."""
+
+
+_TRAIN_CHECKS = {"loss": "the loss", "grad_norm": "the gradient norm"}
+_VALID_CHECKS = {"bpb": "the validation loss"}
+
+
+def _non_finite(values: dict[str, float], checks: dict[str, str]) -> str | None:
+    """What is not finite in a step's or an evaluation's metrics, or None."""
+    for key, name in checks.items():
+        if not math.isfinite(values[key]):
+            return f"{name} is not finite ({values[key]})"
+    if values.get("state_finite", 1.0) != 1.0:
+        return "the updated parameters or optimizer state are not finite"
+    return None
+
+
+def _stopped_message(run: _Run, step: int, problem: str) -> str:
+    """The one line that says why and where training stopped on non-finite values."""
+    kept = (
+        f"the last good checkpoint, at step {run.last_checkpoint}, is kept "
+        f"({str(run.checkpoint_file)!r})"
+        if run.last_checkpoint is not None
+        else "no checkpoint was written"
+    )
+    return (
+        f"training stopped at step {step}: {problem}; {kept}. Lower --lr (now "
+        f"{run.config.lr:g}), raise --warmup-steps or lower --clip-norm, and start afresh with "
+        "--overwrite (resuming with the same settings would diverge again)"
     )
 
 
 def _loop(run: _Run, on_step: StepHook | None) -> str:
     """Train from ``run.start`` to ``config.steps`` (see the module docstring); return
-    ``"completed"``, or ``"interrupted"`` after a Ctrl-C (a checkpoint is then written)."""
+    ``"completed"``, ``"interrupted"`` after a Ctrl-C (a checkpoint is then written), or
+    ``"diverged"`` when a step's loss or new state, or a validation loss, is not finite
+    (``run.stop_reason`` then says what happened; a non-finite step is not kept in
+    ``run.state``)."""
     config = run.config
     tokens_per_step = config.batch_size * config.seq_len
     t_start = time.perf_counter()
@@ -312,8 +463,14 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
             t_step = time.perf_counter()
             batch = shard_batch(run.sampler.batch(step)[run.rows], run.mesh)
             seen = backward_warnings.count
-            run.state, metrics = run.programs.train_step(run.state, batch)
+            new_state, metrics = run.programs.train_step(run.state, batch)
             values = {k: float(v) for k, v in to_host(metrics).items()}
+            problem = _non_finite(values, _TRAIN_CHECKS)
+            if problem:
+                run.stop_reason = _stopped_message(run, step + 1, problem)
+                return "diverged"
+            run.state = new_state
+            del values["state_finite"]
             values["backward_unconverged"] = float(backward_warnings.count > seen)
             if seen == 0 and backward_warnings.count and run.writer:
                 say(f"note (step {step + 1}; counted in the metrics, not repeated): "
@@ -336,13 +493,19 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
             bar.update(1)
             if config.eval_every and done % config.eval_every == 0 and done < config.steps:
                 valid = run.evaluate(config.eval_batches or None)
+                problem = _non_finite(valid, _VALID_CHECKS)
+                if problem:
+                    run.stop_reason = _stopped_message(run, done, problem)
+                    return "diverged"
                 run.metrics_log.write("valid", done, valid)
                 if run.writer:
                     say(
                         f"step {done}: valid {valid['bpb']:.3f} bits/byte, "
                         f"{valid['solver_steps']:.1f} solver steps"
                     )
-            if config.checkpoint_every and done % config.checkpoint_every == 0:
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and (
+                done < config.steps  # the last one after the final validation (_finish)
+            ):
                 run.checkpoint(done)
             if on_step is not None:
                 on_step(done, values)
@@ -355,18 +518,25 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
 
 def _finish(run: _Run, status: str) -> TrainResult:
     """After the loop: on completion, validate on the whole held-out text, checkpoint,
-    plot, sample and summarise; after an interruption, say how to resume."""
+    plot, sample and summarise; after an interruption, say how to resume; after a
+    divergence, return the last good state and the reason (``main`` prints it)."""
     config, log = run.config, run.log
     final_step = int(to_host(run.state.step))
     if status == "interrupted":
-        if run.writer:
-            log(
-                f"interrupted after step {final_step}: checkpoint written to "
-                f"{str(run.checkpoint_file)!r}; continue with the same flags plus --resume"
-            )
+        log(
+            f"interrupted after step {final_step}: checkpoint written to "
+            f"{str(run.checkpoint_file)!r}; continue with the same flags plus --resume"
+        )
         return TrainResult(status, final_step, to_host(run.state), None, run.unigram)
+    if status == "completed":
+        valid = run.evaluate(None)
+        problem = _non_finite(valid, _VALID_CHECKS)
+        if problem:
+            run.stop_reason, status = _stopped_message(run, final_step, problem), "diverged"
+    if status == "diverged":
+        return TrainResult(status, final_step, to_host(run.state), None, run.unigram,
+                           message=run.stop_reason)
 
-    valid = run.evaluate(None)
     run.metrics_log.write("valid", final_step, valid)
     run.checkpoint(final_step)
     host = to_host(run.state)
@@ -394,9 +564,9 @@ def _finish(run: _Run, status: str) -> TrainResult:
                 config.sample_len, seq_len=config.seq_len, temperature=config.temperature,
                 seed=config.seed,
             )
-            (run.run_dir / "sample.txt").write_text(sample + "\n", encoding="utf-8")
+            atomic_write(run.run_dir / SAMPLE_NAME, sample + "\n")
         summary["sample"] = sample
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         log(
             f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
             f"{valid['bpb']:.3f} bits/byte (unigram {run.unigram:.3f}, uniform 8.000); forward "
@@ -427,24 +597,42 @@ def train(
       compiler_options: XLA options for every ``jax.jit`` of the run (tests use a low
         optimisation level to compile faster); they do not change the results' meaning.
 
+    Returns:
+      a :class:`TrainResult`; its ``status`` is ``"diverged"`` (and its ``message`` says why)
+      when a non-finite loss or state stopped training.
+
     Raises:
-      ConfigError, DataError, CheckpointError: bad settings, data or checkpoint.
+      ConfigError, DataError, CheckpointError, MetricsError, RunDirError: bad settings,
+      data, checkpoint, metrics file or run directory (:data:`EXPECTED_ERRORS`).
     """
-    run = _setup(config, devices, log, compiler_options)
-    return _finish(run, _loop(run, on_step))
+    with contextlib.ExitStack() as stack:  # holds the run directory's lock
+        run = _setup(config, devices, log, compiler_options, stack)
+        return _finish(run, _loop(run, on_step))
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
+                  **kwargs: Any) -> None:
+    """How the command shows a warning: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, train, and map expected failures to a one-line message and an exit code."""
+    """Parse flags, train, and map expected failures to a one-line message and an exit code
+    (see the module docstring)."""
     config = parse_config(argv)
     try:
-        result = train(config)
-    except (ConfigError, DataError, CheckpointError) as err:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            result = train(config)
+    except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return ERROR_EXIT
     except KeyboardInterrupt:
         print("interrupted (no checkpoint written)", file=sys.stderr)
         return INTERRUPTED_EXIT
+    if result.status == "diverged":
+        print(f"error: {result.message}", file=sys.stderr)
+        return DIVERGED_EXIT
     return INTERRUPTED_EXIT if result.status == "interrupted" else 0
 
 

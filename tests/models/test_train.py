@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks.timing import FAST_COMPILE as FAST
 from models.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -24,46 +22,15 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.config import TrainConfig, build_parser, config_differences, parse_config
-from models.metrics import TIMING_KEYS, read_metrics
-from models.train import TrainResult, main, train
-
-ROOT = Path(__file__).resolve().parents[2]
-FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-TINY = dict(
-    model="explicit",
-    depth=2,
-    d_model=16,
-    num_heads=2,
-    seq_len=8,
-    batch_size=4,
-    steps=6,
-    warmup_steps=2,
-    eval_every=2,
-    eval_batches=1,
-    checkpoint_every=0,
-    sample_len=0,
-    progress=False,
-    max_bytes=8000,
-    valid_fraction=0.1,
+from models.metrics import read_metrics
+from models.train import TrainResult, main
+from tests.models.train_support import (
+    FAST_XLA_FLAGS,
+    comparable,
+    run_fast,
+    start_process,
+    tiny_config,
 )
-
-
-def _config(run_dir: Path, **overrides) -> TrainConfig:
-    return TrainConfig(**{**TINY, "run_dir": str(run_dir), **overrides})
-
-
-def _run(config: TrainConfig, **kwargs) -> TrainResult:
-    return train(config, compiler_options=FAST, log=lambda message: None, **kwargs)
-
-
-def _subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["XLA_FLAGS"] = FAST_XLA_FLAGS
-    env.update(extra)
-    return env
-
 
 # --------------------------------------------------------- subprocesses, in background
 
@@ -105,13 +72,6 @@ _TWO_DEVICES = textwrap.dedent(
 
 
 
-def _start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, cwd=cwd, env=_subprocess_env(**env), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def background(tmp_path_factory) -> dict:
     """Start the slow command-line checks at once so they run while the in-process tests do:
@@ -129,12 +89,12 @@ def background(tmp_path_factory) -> dict:
         str(latin1): "not valid UTF-8",
         str(short): "too short",
     }
-    data_errors = {
-        path: (_start([sys.executable, "-m", "models.train", "--data", path, "--run-dir",
-                       str(tmp / "run"), "--no-progress"], tmp), message)
-        for path, message in expected.items()
+    data_errors = {  # one run directory each: a run directory takes one process at a time
+        path: (start_process([sys.executable, "-m", "models.train", "--data", path,
+                              "--run-dir", str(tmp / f"run{i}"), "--no-progress"], tmp), message)
+        for i, (path, message) in enumerate(expected.items())
     }
-    two_devices = _start(
+    two_devices = start_process(
         [sys.executable, "-c", _TWO_DEVICES], tmp,
         XLA_FLAGS=FAST_XLA_FLAGS + " --xla_force_host_platform_device_count=2",
         JAX_PLATFORMS="cpu",
@@ -207,15 +167,11 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ resume
 
 
-def _comparable(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
-
-
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, background) -> tuple[TrainConfig, TrainResult]:
     run_dir = tmp_path_factory.mktemp("straight")
-    config = _config(run_dir)
-    return config, _run(config)
+    config = tiny_config(run_dir)
+    return config, run_fast(config)
 
 
 def test_straight_run_writes_its_outputs(straight_run) -> None:
@@ -240,17 +196,17 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(straight_run, tmp_path: 
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
 
-    first = _run(config, on_step=interrupt)
+    first = run_fast(config, on_step=interrupt)
     assert first.status == "interrupted" and first.step == 3
     assert read_meta(checkpoint_path(tmp_path))["step"] == 3
-    resumed = _run(dataclasses.replace(config, resume=True))
+    resumed = run_fast(dataclasses.replace(config, resume=True))
     assert resumed.status == "completed" and resumed.step == config.steps
 
     for a, b in zip(jax.tree_util.tree_leaves(straight.state),
                     jax.tree_util.tree_leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
     assert resumed.valid_bpb == straight.valid_bpb
-    assert _comparable(read_metrics(tmp_path / "metrics.jsonl")) == _comparable(
+    assert comparable(read_metrics(tmp_path / "metrics.jsonl")) == comparable(
         read_metrics(Path(straight_run[0].run_dir) / "metrics.jsonl")
     )
 
@@ -258,9 +214,9 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(straight_run, tmp_path: 
 def test_resume_with_a_different_config_is_refused(straight_run, tmp_path: Path) -> None:
     config, _ = straight_run
     with pytest.raises(CheckpointError, match=r"differs in lr, seq_len .*lr: checkpoint"):
-        _run(dataclasses.replace(config, resume=True, lr=0.5, seq_len=4))
+        run_fast(dataclasses.replace(config, resume=True, lr=0.5, seq_len=4))
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        _run(dataclasses.replace(config, resume=True, run_dir=str(tmp_path)))
+        run_fast(dataclasses.replace(config, resume=True, run_dir=str(tmp_path)))
 
 
 def test_main_maps_errors_to_exit_status_2(straight_run, capsys) -> None:
