@@ -23,7 +23,7 @@
 from implicit import haiku
 from implicit.deq import deq
 from implicit.fixed_point import fixed_point
-from implicit.linear import KRYLOV_NAMES, BackwardSolveWarning
+from implicit.linear import KRYLOV_NAMES
 from implicit.linear import available as backward_solvers
 from implicit.modes import BACKWARD_MODES, JFB, Implicit, Mode, Phantom, Unroll, as_mode
 from implicit.regularizers import (
@@ -33,16 +33,19 @@ from implicit.regularizers import (
     solver_trajectory,
     spectral_radius,
 )
+from implicit.reporting import BackwardSolveWarning, ForwardSolveWarning, SolveReport
 
 __all__ = [
     "BACKWARD_MODES",
     "BackwardSolveWarning",
+    "ForwardSolveWarning",
     "Implicit",
     "JFB",
     "JacobianPenalty",
     "KRYLOV_NAMES",
     "Mode",
     "Phantom",
+    "SolveReport",
     "Unroll",
     "as_mode",
     "backward_solvers",

@@ -26,23 +26,21 @@ kinds are built here, both by name:
   so the answer is the same).
 
 A solve that does not converge is not silent: it emits a
-:class:`BackwardSolveWarning` through :func:`jax.debug.callback`, which works
-inside and outside ``jit``.
+:class:`~implicit.reporting.BackwardSolveWarning` through :func:`jax.debug.callback`,
+which works inside and outside ``jit``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import solvers
+from implicit.reporting import Monitor, report_backward
 from solvers import Solver, pytree
 from solvers.options import Option, positive_float, positive_int, resolve
 from solvers.quiet_jaxopt import import_jaxopt
@@ -62,10 +60,6 @@ INHERITED_OPTIONS = ("max_iter", "tol", "stop_mode", "batch_axis")
 # the dtype's machine epsilon, below which jax's Krylov solvers treat a vector as
 # zero): the solvers stop on an estimate (GMRES) or on the normal equations (CG).
 KRYLOV_REPORT_FACTOR = 10.0
-
-
-class BackwardSolveWarning(RuntimeWarning):
-    """The linear solve of a tangent or adjoint equation did not reach its tolerance."""
 
 
 def _optional_nonnegative(doc: str) -> Option:
@@ -105,34 +99,12 @@ def available() -> tuple[str, ...]:
     return solvers.available() + KRYLOV_NAMES
 
 
-def _warn(what: str, converged: np.ndarray, residual: np.ndarray, tol: float) -> None:
-    converged = np.asarray(converged)
-    if converged.all():
-        return
-    residual = np.asarray(residual)
-    warnings.warn(
-        f"{what} did not converge (residual {float(np.max(residual)):.3g}, tol {tol:.3g}; "
-        f"{int(np.size(converged) - np.count_nonzero(converged))} of {np.size(converged)} "
-        "system(s)): the derivative may be inaccurate. Raise max_iter or tol of the "
-        "backward solver (Implicit(solver, max_iter=..., tol=...)), or choose another one.",
-        BackwardSolveWarning,
-        stacklevel=2,
-    )
-
-
-def report_convergence(what: str, converged: jax.Array, residual: jax.Array, tol: float) -> None:
-    """Warn (:class:`BackwardSolveWarning`) at run time, under ``jit`` too, if not all converged."""
-    # Only 32-bit values cross to the host: the callback may run on a thread where
-    # a thread-local ``jax.enable_x64`` context is not active.
-    jax.debug.callback(
-        functools.partial(_warn, what, tol=tol),
-        jnp.asarray(converged).astype(jnp.int32),
-        jnp.asarray(residual).astype(jnp.float32),
-    )
-
-
-def registry_linear_solve(backward: Solver) -> LinearSolve:
-    """Solve ``A x = b`` (``A = J − I``) as the fixed point ``x = x + A x − b`` with ``backward``."""
+def registry_linear_solve(
+    backward: Solver, prior: Any = None, monitor: Optional[Monitor] = None
+) -> LinearSolve:
+    """Solve ``A x = b`` (``A = J − I``) as the fixed point ``x = x + A x − b`` with
+    ``backward``, started warm from ``prior`` (a final state of a solve whose Jacobian
+    was ``A``) when one is given; report each solve (:func:`report_backward`)."""
     options = backward.options
     tol = float(options["tol"])
     residual_field = "abs_residual" if options["stop_mode"] == "abs" else "rel_residual"
@@ -143,18 +115,18 @@ def registry_linear_solve(backward: Solver) -> LinearSolve:
                 lambda xi, ai, bi: xi + ai - bi, x, matvec(x), b
             )
 
-        solution = backward(shifted, jax.tree_util.tree_map(jnp.zeros_like, b))
+        solution, _ = backward.run(shifted, jax.tree_util.tree_map(jnp.zeros_like, b), (), prior)
         stats = solution.stats
-        report_convergence(
-            f"the backward solve with {backward.name!r}", stats.converged,
-            getattr(stats, residual_field), tol,
-        )
+        report_backward(backward.name, stats.converged, getattr(stats, residual_field), tol,
+                        stats.steps, monitor)
         return solution.value
 
     return linear_solve
 
 
-def krylov_linear_solve(name: str, options: Mapping[str, Any]) -> LinearSolve:
+def krylov_linear_solve(
+    name: str, options: Mapping[str, Any], monitor: Optional[Monitor] = None
+) -> LinearSolve:
     """Solve ``A x = b`` with jaxopt's ``solve_<name>`` and the resolved ``options``.
 
     Convergence is judged on the true residual ``‖A x − b‖`` (one more product
@@ -173,10 +145,8 @@ def krylov_linear_solve(name: str, options: Mapping[str, Any]) -> LinearSolve:
         # jax's Krylov solvers treat vectors with norm below eps as zero.
         floor = jnp.finfo(jnp.result_type(*jax.tree_util.tree_leaves(b))).eps
         target = jnp.maximum(jnp.maximum(options["tol"] * pytree.norm(b), options["atol"]), floor)
-        report_convergence(
-            f"the backward solve with {name!r}",
-            residual <= KRYLOV_REPORT_FACTOR * target, residual, options["tol"],
-        )
+        report_backward(name, residual <= KRYLOV_REPORT_FACTOR * target, residual,
+                        options["tol"], monitor=monitor)
         return x
 
     return linear_solve
@@ -224,11 +194,11 @@ def backward_solver(
     return built.replace(**inherited)
 
 
-def make_linear_solve(
-    solver: Union[str, Solver, None], options: Mapping[str, Any], forward: Solver
-) -> LinearSolve:
-    """The :data:`LinearSolve` of ``Implicit(solver, **options)`` after ``forward``."""
-    built = backward_solver(solver, options, forward)
+def make_linear_solve(built: Union[Solver, tuple[str, Mapping[str, Any]]],
+                      prior: Any = None, monitor: Optional[Monitor] = None) -> LinearSolve:
+    """The :data:`LinearSolve` of a backward solver as :func:`backward_solver` builds it;
+    a registry solver starts warm from ``prior`` when one is given; each solve is reported
+    to ``monitor`` when one is given."""
     if isinstance(built, Solver):
-        return registry_linear_solve(built)
-    return krylov_linear_solve(*built)
+        return registry_linear_solve(built, prior, monitor)
+    return krylov_linear_solve(*built, monitor=monitor)

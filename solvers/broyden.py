@@ -171,6 +171,21 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         zero = jnp.zeros((), jnp.int32)
         return BroydenState(buffers, buffers, fz - z, rejections, zero, zero)
 
+    def warm(prior: BroydenState, z: Matrix, fz: Matrix) -> BroydenState:
+        """Start from ``prior``'s terms (kept in front of this solve's own ``history``
+        slots), with the first direction ``d = −J⁻¹ g(z)`` of that inverse."""
+        own = init(z, fz)
+        u = jnp.concatenate([prior.u.astype(z.dtype), own.u], axis=1)
+        v = jnp.concatenate([prior.v.astype(z.dtype), own.v], axis=1)
+        g = fz - z
+        inv_j_g = jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", jnp.conj(v), g), u) - g
+        start = jnp.asarray(prior.u.shape[1], jnp.int32)
+        return BroydenState(u, v, -inv_j_g, own.rejections, start, start)
+
+    def transpose(state: BroydenState) -> BroydenState:
+        """The terms of ``(J⁻¹)ᵀ = −I + Σ conj(vᵢ) conj(uᵢ)ᴴ``: the prior of the adjoint."""
+        return state._replace(u=jnp.conj(state.v), v=jnp.conj(state.u))
+
     def restart(state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
         keep = ~rows[:, None, None]
         return state._replace(
@@ -224,7 +239,7 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         fz_next = jnp.where(new.accept[:, None], fz_new, fz)
         return z_next, fz_next, new_state, fevals
 
-    return Rule(init, step, restart)
+    return Rule(init, step, restart, warm, transpose)
 
 
 broyden = rule_solver(

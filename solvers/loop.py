@@ -60,13 +60,22 @@ class Rule(NamedTuple):
     returns the next point, ``f`` at it, the new state and the per-row number of
     evaluations of ``f`` it spent. Rows where ``active`` is false are discarded
     by the loop; the rule may compute anything finite for them.
-    ``restart(state, z, fz, rows) -> state`` starts the rows ``rows`` afresh from
-    ``(z, fz)``; a rule without it cannot serve as a fallback.
+
+    Optional abilities:
+
+    * ``restart(state, z, fz, rows) -> state`` starts the rows ``rows`` afresh from
+      ``(z, fz)``; a rule without it cannot serve as a fallback;
+    * ``warm(prior, z, fz) -> state`` starts from what an earlier solve of a related
+      problem learned (its final state ``prior``: for Broyden, an estimate of the
+      inverse Jacobian), and ``transpose(state) -> state`` turns a final state into the
+      prior for the transposed linear problem (the adjoint of a fixed point).
     """
 
     init: Callable[[Matrix, Matrix], Any]
     step: Callable[[FlatMap, Matrix, Matrix, Any, jax.Array], tuple[Matrix, Matrix, Any, jax.Array]]
     restart: Optional[Callable[[Any, Matrix, Matrix, jax.Array], Any]] = None
+    warm: Optional[Callable[[Any, Matrix, Matrix], Any]] = None
+    transpose: Optional[Callable[[Any], Any]] = None
 
 
 class LoopOptions(NamedTuple):
@@ -181,12 +190,15 @@ def _step_rules(
 
 
 def iterate(
-    rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions, fallback: Optional[Rule] = None
-) -> tuple[Matrix, Stats]:
-    """Solve ``z = f(z)`` row by row from ``z0``; return the best rows and per-row :class:`Stats`.
+    rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions, fallback: Optional[Rule] = None,
+    prior: Any = None,
+) -> tuple[Matrix, Stats, Any]:
+    """Solve ``z = f(z)`` row by row from ``z0``; return the best rows, per-row
+    :class:`Stats` and the rule's final state.
 
     With ``fallback`` (a :class:`Rule` with ``restart``), rows that stall, diverge or go
-    non-finite under ``rule`` restart from their best iterate under ``fallback``.
+    non-finite under ``rule`` restart from their best iterate under ``fallback``. With
+    ``prior`` (a final state of an earlier solve), ``rule`` starts with ``rule.warm``.
     """
     rules = (rule,) if fallback is None else (rule, fallback)
     batch = z0.shape[0]
@@ -203,7 +215,8 @@ def iterate(
         k=jnp.zeros((), jnp.int32),
         z=z0,
         fz=fz0,
-        states=tuple(r.init(z0, fz0) for r in rules),
+        states=(rule.init(z0, fz0) if prior is None else rule.warm(prior, z0, fz0),
+                *(r.init(z0, fz0) for r in rules[1:])),
         phase=jnp.zeros((batch,), jnp.int32),
         active=finite0 & (res0 > options.tol),
         reason=reason0,
@@ -285,7 +298,7 @@ def iterate(
         trace=trace,
         reason=carry.reason,
     )
-    return carry.best_z, stats
+    return carry.best_z, stats, carry.states[0]
 
 
 def _switch_to_fallback(c: _Carry, rows: jax.Array, fallback: Rule, window: int) -> _Carry:

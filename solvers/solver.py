@@ -100,6 +100,16 @@ class Solver:
 
     def __call__(self, f: Callable[..., PyTree], z0: PyTree, *args: PyTree) -> Solution:
         """Solve ``z = f(z, *args)`` from ``z0``; return the best iterate and its statistics."""
+        return self.run(f, z0, args)[0]
+
+    def run(
+        self, f: Callable[..., PyTree], z0: PyTree, args: tuple, prior: Any = None
+    ) -> tuple[Solution, Any]:
+        """Like calling the solver, and also return the rule's final state; with ``prior``
+        (such a state from an earlier, related solve) the rule starts warm from it
+        (``Rule.warm``; ``ValueError`` if the rule cannot)."""
+        if prior is not None and self.rule.warm is None:
+            raise ValueError(f"solver {self.name!r} cannot start from an earlier solve's state")
         batch_axis = self.options["batch_axis"]
         check_state(z0, batch_axis)
         check_finite(z0, "z0")
@@ -114,13 +124,13 @@ class Solver:
 
         loop_options = LoopOptions(**{k: self.options[k] for k in LoopOptions._fields})
         fallback = self.fallback
-        best, stats = iterate(
+        best, stats, state = iterate(
             self.rule, f_matrix, view.to_matrix(z0).astype(work), loop_options,
-            None if fallback is None else fallback.rule,
+            None if fallback is None else fallback.rule, prior,
         )
         if batch_axis is None:
             stats = jax.tree_util.tree_map(lambda s: s[0], stats)
-        return Solution(view.from_matrix(best), stats)
+        return Solution(view.from_matrix(best), stats), state
 
 
 def rule_solver(
