@@ -12,6 +12,10 @@
   ``"jfb"``, ``"unroll"`` stand for their defaults.
 * :class:`implicit.haiku.DEQ` — the layer as a Haiku module; :func:`deq` — the call
   shape of the original Haiku DEQ code.
+* :class:`implicit.flax.DEQ` (Flax NNX) and :class:`implicit.equinox.DEQ` (Equinox) — the
+  layer for the other two frameworks, optional extras (``pip install -e '.[flax]'``,
+  ``'.[equinox]'``): ``import implicit`` never needs them; ``implicit.flax`` and
+  ``implicit.equinox`` are imported on first use.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
   :func:`jacobian_frobenius_sq`, :func:`spectral_radius`, :func:`solver_trajectory`,
   :func:`fixed_point_correction_loss`.
@@ -20,8 +24,12 @@
   your own fixed-point layers.
 """
 
+import importlib
+from types import ModuleType
+
 from implicit import haiku
 from implicit.deq import deq
+from implicit.extras import FRAMEWORKS
 from implicit.fixed_point import fixed_point
 from implicit.linear import KRYLOV_NAMES
 from implicit.linear import available as backward_solvers
@@ -57,3 +65,10 @@ __all__ = [
     "solver_trajectory",
     "spectral_radius",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``implicit.flax`` and ``implicit.equinox``, imported when first asked for."""
+    if name in FRAMEWORKS:
+        return importlib.import_module(f"implicit.{name}")
+    raise AttributeError(f"module 'implicit' has no attribute {name!r}")

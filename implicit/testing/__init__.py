@@ -9,6 +9,11 @@
   and pytree states.
 * :mod:`implicit.testing.layers` — the small contractive layers those strategies draw.
 
+A Flax NNX or Equinox block ``block(z, x)`` is checked through
+:func:`implicit.flax.as_fixed_point` or :func:`implicit.equinox.as_fixed_point`, which turn
+it into ``(f, params)`` with ``f(z, params, x) = block(z, x)``:
+``check_fixed_point_grads(f, z0, params, x)``.
+
 Use a float64 reference by running the check under ``with jax.enable_x64(True):``.
 """
 
