@@ -16,6 +16,8 @@
   layer for the other two frameworks, optional extras (``pip install -e '.[flax]'``,
   ``'.[equinox]'``): ``import implicit`` never needs them; ``implicit.flax`` and
   ``implicit.equinox`` are imported on first use.
+* The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
+  mode's gradient is from the exact one, on your own model.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
   :func:`jacobian_frobenius_sq`, :func:`spectral_radius`, :func:`solver_trajectory`,
   :func:`fixed_point_correction_loss`.
@@ -28,6 +30,12 @@ import importlib
 from types import ModuleType
 
 from implicit import haiku
+from implicit.audit import (
+    GradientAudit,
+    audit_gradient,
+    compare_gradients,
+    reference_configuration,
+)
 from implicit.deq import deq
 from implicit.extras import FRAMEWORKS
 from implicit.fixed_point import fixed_point
@@ -47,6 +55,7 @@ __all__ = [
     "BACKWARD_MODES",
     "BackwardSolveWarning",
     "ForwardSolveWarning",
+    "GradientAudit",
     "Implicit",
     "JFB",
     "JacobianPenalty",
@@ -56,12 +65,15 @@ __all__ = [
     "SolveReport",
     "Unroll",
     "as_mode",
+    "audit_gradient",
     "backward_solvers",
+    "compare_gradients",
     "deq",
     "fixed_point",
     "fixed_point_correction_loss",
     "haiku",
     "jacobian_frobenius_sq",
+    "reference_configuration",
     "solver_trajectory",
     "spectral_radius",
 ]
