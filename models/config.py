@@ -71,6 +71,10 @@ class TrainConfig:
     out_init_scale: float = _flag(
         1.0, "extra factor on the init std of the projections that write into the state"
     )
+    spectral_norm: float = _flag(
+        0.0, "bound on the spectral norm of every matrix of the block (0: off); a bound keeps "
+        "f contractive and the solves short"
+    )
     # DEQ solver
     solver: str = _flag("broyden", "forward fixed-point solver, by registry name")
     max_iter: int = _flag(16, "forward solver iteration limit")
@@ -88,6 +92,13 @@ class TrainConfig:
     )
     backward_max_iter: int = _flag(16, "adjoint solver iteration limit")
     backward_tol: float = _flag(1e-2, "adjoint solver tolerance")
+    backward_history: int = _flag(
+        4, "Broyden adjoint: rank-one terms of its own, after those it reuses from the forward"
+    )
+    reuse_inverse: bool = _flag(
+        True, "start the adjoint Broyden from the forward solve's inverse-Jacobian estimate "
+        "(SHINE; Implicit(reuse_inverse=...))"
+    )
     phantom_steps: int = _flag(5, "damped unrolled steps of the phantom gradient")
     phantom_damping: float = _flag(0.5, "damping λ of the phantom gradient")
     remat: bool = _flag(
@@ -117,6 +128,14 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_every: int = _flag(100, "validate every this many steps (0: only at the end)")
     eval_batches: int = _flag(4, "validation batches per periodic evaluation (0: all)")
+    eval_max_iter: int = _flag(
+        0, "DEQ: forward solver iteration limit when validating (0: --max-iter); the "
+        "test-time depth knob"
+    )
+    audit_every: int = _flag(
+        0, "DEQ: every this many steps, compare the step's gradient with a reference implicit "
+        "gradient solved to a tight tolerance, and log their cosine and relative error (0: off)"
+    )
     checkpoint_every: int = _flag(
         200, "write a checkpoint every this many steps (0: only at the end)"
     )
@@ -151,7 +170,7 @@ class TrainConfig:
         return BlockConfig(
             d_model=self.d_model, num_heads=self.num_heads, block_layers=self.block_layers,
             mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout, init_std=self.init_std,
-            out_init_scale=self.out_init_scale,
+            out_init_scale=self.out_init_scale, spectral_norm=self.spectral_norm,
         )
 
     def compile_key(self) -> TrainConfig:
@@ -200,10 +219,11 @@ class ConfigError(ValueError):
 
 _POSITIVE = (
     "d_model", "num_heads", "block_layers", "mlp_ratio", "depth", "max_iter", "history",
-    "backward_max_iter", "phantom_steps", "steps", "batch_size", "seq_len",
+    "backward_max_iter", "backward_history", "phantom_steps", "steps", "batch_size", "seq_len",
 )
 _NON_NEGATIVE = (
-    "max_bytes", "jac_batch", "warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "sample_len",
+    "max_bytes", "jac_batch", "warmup_steps", "eval_every", "eval_batches", "eval_max_iter",
+    "audit_every", "checkpoint_every", "sample_len",
     "seed",
 )
 
@@ -238,9 +258,9 @@ def validate_config(config: TrainConfig) -> None:
         fail("min_lr_ratio", f"must be in [0, 1], got {config.min_lr_ratio}")
     if not 0.0 < config.phantom_damping <= 1.0:
         fail("phantom_damping", f"must be in (0, 1], got {config.phantom_damping}")
-    if config.weight_decay < 0 or config.jac_reg < 0 or config.temperature < 0:
-        name = next(n for n in ("weight_decay", "jac_reg", "temperature") if getattr(config, n) < 0)
-        fail(name, f"must be non-negative, got {getattr(config, name)}")
+    for name in ("weight_decay", "jac_reg", "temperature", "spectral_norm"):
+        if getattr(config, name) < 0:
+            fail(name, f"must be non-negative, got {getattr(config, name)}")
     if config.model not in MODELS:
         fail("model", f"must be one of {', '.join(MODELS)}, got {config.model!r}")
     if config.backward not in BACKWARDS:
@@ -249,8 +269,9 @@ def validate_config(config: TrainConfig) -> None:
         fail("overwrite", "contradicts --resume: continue the run in --run-dir, or replace it")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m models.train``: one flag per :class:`TrainConfig` field."""
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``python -m models.train``: one flag per :class:`TrainConfig` field
+    (with ``defaults=False`` a flag that is not given is left out of the namespace)."""
     parser = argparse.ArgumentParser(
         prog="python -m models.train",
         description="Train the byte-level DEQ Transformer language model (or an explicit "
@@ -260,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Ctrl-C writes a checkpoint and exits (status 130); rerun with the same flags "
         "plus --resume to continue exactly where it stopped, or with a larger --steps as well "
         "to extend the run. One process at a time per --run-dir (its lock file is run.lock); "
-        "starting afresh in a run directory that holds a run needs --overwrite. The checkpoint "
+        "starting afresh in a run directory that holds a run needs --overwrite. --resume "
+        "without --steps continues to the checkpoint's total. The checkpoint "
         "before the latest is kept as checkpoint.prev.npz: if checkpoint.npz is damaged, "
         "--resume says so and names it; rename it to checkpoint.npz to resume from it. A "
         "non-finite training or validation loss, or parameters, stop training (status 3) "
@@ -273,14 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        default = f.default if defaults else argparse.SUPPRESS
         if f.type in ("bool", bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type)]
-        parser.add_argument(flag, type=kind, default=f.default, help=help_text, **meta)
+        parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
     return parser
+
+
+def given_flags(argv: Sequence[str] | None = None) -> frozenset[str]:
+    """The :class:`TrainConfig` fields that ``argv`` sets explicitly."""
+    return frozenset(vars(build_parser(defaults=False).parse_args(argv)))
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:

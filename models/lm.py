@@ -10,6 +10,7 @@ in nats; its value in bits per byte is ``L / ln 2``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import haiku as hk
 import jax
@@ -18,9 +19,11 @@ import optax
 
 import solvers
 from implicit import Implicit, JacobianPenalty, Mode, Phantom, as_mode
+from implicit.reporting import Monitor
 from models.config import TrainConfig
 from models.data import VOCAB_SIZE
 from models.transformer import DEQTransformerLM, ExplicitTransformerLM, LMOutput
+from solvers import Solver
 
 __all__ = ["deq_solver", "deq_backward", "make_model", "next_byte_loss", "LN2"]
 
@@ -43,30 +46,32 @@ def deq_solver(config: TrainConfig) -> solvers.Solver:
     )
 
 
-def deq_backward(config: TrainConfig) -> Mode:
+def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode:
     """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver by name with
     its ``max_iter``, ``tol`` (and ``history``; ``stop_mode`` and ``batch_axis`` as the
-    forward solve), for ``"phantom"`` its steps and damping, otherwise the mode's defaults."""
+    forward solve), reporting each adjoint solve to ``monitor``; for ``"phantom"`` its
+    steps and damping, otherwise the mode's defaults."""
     if config.backward == "implicit":
         adjoint = _with_history(
-            config.backward_solver, config.history, max_iter=config.backward_max_iter,
+            config.backward_solver, config.backward_history, max_iter=config.backward_max_iter,
             tol=config.backward_tol, stop_mode=config.stop_mode,
             batch_axis=0 if config.per_sample else None,
         )
-        return Implicit(adjoint)
+        return Implicit(adjoint, reuse_inverse=None if config.reuse_inverse else False,
+                        monitor=monitor)
     if config.backward == "phantom":
         return Phantom(config.phantom_steps, config.phantom_damping)
     return as_mode(config.backward)
 
 
-def _build(config: TrainConfig) -> hk.Module:
+def _build(config: TrainConfig, solver: Optional[Solver], backward: Optional[Mode]) -> hk.Module:
     common = dict(max_seq_len=config.seq_len, embed_std=config.embed_std, name="lm")
     if config.model == "deq":
         penalty = JacobianPenalty(batch=config.jac_batch) if config.jac_reg > 0 else None
         return DEQTransformerLM(
-            VOCAB_SIZE, config.block_config(), solver=deq_solver(config),
-            backward=deq_backward(config), jacobian_penalty=penalty, remat=config.remat,
-            **common,
+            VOCAB_SIZE, config.block_config(), solver=solver or deq_solver(config),
+            backward=backward or deq_backward(config), jacobian_penalty=penalty,
+            remat=config.remat, **common,
         )
     if config.model in ("explicit", "untied"):
         return ExplicitTransformerLM(
@@ -76,13 +81,21 @@ def _build(config: TrainConfig) -> hk.Module:
     raise ValueError(f"unknown model {config.model!r}; choose one of deq, explicit, untied")
 
 
-def make_model(config: TrainConfig) -> hk.Transformed:
-    """``hk.transform`` of ``forward(tokens, mask=None, is_training=False) -> LMOutput``."""
+def make_model(
+    config: TrainConfig, solver: Optional[Solver] = None, backward: Optional[Mode] = None
+) -> hk.Transformed:
+    """``hk.transform`` of ``forward(tokens, mask=None, is_training=False) -> LMOutput``.
+
+    A DEQ solves with ``solver`` and differentiates with ``backward`` (default: those of
+    ``config``, :func:`deq_solver` and :func:`deq_backward`); the parameters are the same
+    whatever they are, so one set serves a model built with a tighter solver (the gradient
+    audit) or a larger evaluation budget (``--eval-max-iter``).
+    """
 
     def forward(
         tokens: jax.Array, mask: jax.Array | None = None, is_training: bool = False
     ) -> LMOutput:
-        return _build(config)(tokens, mask, is_training=is_training)
+        return _build(config, solver, backward)(tokens, mask, is_training=is_training)
 
     return hk.transform(forward)
 

@@ -20,14 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from implicit import BackwardSolveWarning
 from models.rundir import atomic_write
 
 __all__ = [
     "METRICS_NAME",
     "PLOT_NAME",
     "TIMING_KEYS",
-    "BackwardWarningCounter",
     "MetricsError",
     "MetricsLog",
     "MetricsWarning",
@@ -126,13 +124,20 @@ class MetricsLog:
         self._written.add((split, int(step)))
 
 
+def _steps(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    chosen = [r for r in records if key in r]
+    return [r["step"] for r in chosen], [r[key] for r in chosen]
+
+
 def plot_metrics(
     records: list[dict[str, Any]],
     path: str | os.PathLike,
     *,
     baselines: dict[str, float] | None = None,
 ) -> Path:
-    """Draw train/valid bits per byte and forward solver steps against the step; save a PNG."""
+    """Draw the run on three panels and save a PNG: train/valid bits per byte; forward solver
+    steps (mean, max) and relative residual; what the solves achieved (the share of sequences
+    whose forward and adjoint solves converged) and the gradient audit's cosine."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,12 +145,11 @@ def plot_metrics(
 
     train = [r for r in records if r["split"] == "train"]
     valid = [r for r in records if r["split"] == "valid"]
-    fig, (ax_bpb, ax_steps) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_bpb, ax_steps, ax_solves) = plt.subplots(1, 3, figsize=(16, 4))
     if train:
-        ax_bpb.plot([r["step"] for r in train], [r["bpb"] for r in train], lw=0.8, alpha=0.7,
-                    label="train")
+        ax_bpb.plot(*_steps(train, "bpb"), lw=0.8, alpha=0.7, label="train")
     if valid:
-        ax_bpb.plot([r["step"] for r in valid], [r["bpb"] for r in valid], "o-", label="valid")
+        ax_bpb.plot(*_steps(valid, "bpb"), "o-", label="valid")
     for name, value in (baselines or {}).items():
         ax_bpb.axhline(value, ls="--", lw=0.8, color="gray")
         ax_bpb.annotate(f"{name} {value:.2f}", (0, value), fontsize=8, va="bottom")
@@ -154,52 +158,31 @@ def plot_metrics(
     ax_bpb.legend()
     ax_bpb.grid(alpha=0.3)
     if train:
-        ax_steps.plot([r["step"] for r in train], [r["solver_steps"] for r in train], lw=0.8,
-                      label="mean")
-        ax_steps.plot([r["step"] for r in train], [r["solver_steps_max"] for r in train], lw=0.8,
-                      label="max")
+        ax_steps.plot(*_steps(train, "solver_steps"), lw=0.8, label="mean")
+        ax_steps.plot(*_steps(train, "solver_steps_max"), lw=0.8, label="max")
         ax_res = ax_steps.twinx()
-        ax_res.semilogy([r["step"] for r in train], [max(r["rel_residual"], 1e-12) for r in train],
-                        lw=0.8, color="tab:red", alpha=0.6)
+        steps, residuals = _steps(train, "rel_residual")
+        ax_res.semilogy(steps, [max(r, 1e-12) for r in residuals], lw=0.8, color="tab:red",
+                        alpha=0.6)
         ax_res.set_ylabel("relative residual", color="tab:red")
     ax_steps.set_xlabel("step")
     ax_steps.set_ylabel("forward solver steps")
     ax_steps.legend(loc="upper left")
     ax_steps.grid(alpha=0.3)
+    for key, label in (("converged", "forward converged"),
+                       ("backward_converged", "adjoint converged"),
+                       ("audit_cosine", "audit: cosine to the exact gradient")):
+        steps, values = _steps(train, key)
+        if values:
+            style = "o-" if key == "audit_cosine" else "-"
+            ax_solves.plot(steps, values, style, lw=0.8, ms=3, label=label)
+    ax_solves.set_xlabel("step")
+    ax_solves.set_ylabel("share of sequences / cosine")
+    ax_solves.set_ylim(-0.05, 1.05)
+    ax_solves.legend(loc="lower left", fontsize=8)
+    ax_solves.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-class BackwardWarningCounter:
-    """Counts :class:`implicit.BackwardSolveWarning` instead of printing each one.
-
-    The adjoint solve reports a miss of its tolerance as a warning from inside the compiled
-    step, with a new message each time; printed, they would bury the progress bar. While
-    active, each such warning increments ``count``; other warnings print as usual.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: str | None = None
-        self._context = warnings.catch_warnings()
-
-    def __enter__(self) -> BackwardWarningCounter:
-        self._context.__enter__()
-        warnings.simplefilter("always", BackwardSolveWarning)
-        show = warnings.showwarning
-
-        def showwarning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
-            if issubclass(category, BackwardSolveWarning):
-                self.count += 1
-                self.first = self.first or str(message)
-            else:
-                show(message, category, *args, **kwargs)
-
-        warnings.showwarning = showwarning
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._context.__exit__(*exc)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from implicit import compare_gradients
 from models.config import TrainConfig
 from models.lm import LN2, next_byte_loss
 from models.sharding import batch_sharded, replicated
@@ -32,6 +33,9 @@ __all__ = [
     "init_state",
     "make_train_step",
     "make_eval_step",
+    "make_audit_step",
+    "training_loss",
+    "step_key",
     "TRAIN_METRICS",
     "summarize_eval",
 ]
@@ -44,6 +48,7 @@ TRAIN_METRICS: tuple[str, ...] = (
     "lr",
     "solver_steps",
     "solver_steps_max",
+    "solver_fevals",
     "rel_residual",
     "converged",
     "state_finite",
@@ -91,9 +96,33 @@ def _solve_metrics(stats: dict[str, jax.Array]) -> Metrics:
     return {
         "solver_steps": jnp.mean(stats["steps"].astype(jnp.float32)),
         "solver_steps_max": jnp.max(stats["steps"]).astype(jnp.float32),
+        "solver_fevals": jnp.mean(stats["fevals"].astype(jnp.float32)),
         "rel_residual": jnp.mean(stats["rel_residual"]),
         "converged": jnp.mean(stats["converged"].astype(jnp.float32)),
     }
+
+
+LossFn = Callable[[hk.Params, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def training_loss(model: hk.Transformed, config: TrainConfig) -> LossFn:
+    """``loss(params, batch, key) -> (L, (nll, stats, jac_loss))``: the loss of the module
+    docstring on a batch ``(B, T + 1)``, in training mode (dropout from ``key``)."""
+    jac_weight = config.jac_reg
+
+    def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        out = model.apply(params, key, inputs, None, True)
+        nll, _ = next_byte_loss(out.logits, targets)
+        loss = nll + jac_weight * out.jac_loss if jac_weight else nll
+        return loss, (nll, out.stats, out.jac_loss)
+
+    return loss_fn
+
+
+def step_key(config: TrainConfig, step: jax.Array) -> jax.Array:
+    """The dropout key of training step ``step``: a function of the seed and the step only."""
+    return jax.random.fold_in(jax.random.key(config.seed), step)
 
 
 def make_train_step(
@@ -109,18 +138,10 @@ def make_train_step(
     ``compiler_options`` go to ``jax.jit`` (XLA debug options; tests lower the optimisation
     level to compile faster).
     """
-    base_key = jax.random.key(config.seed)
-    jac_weight = config.jac_reg
-
-    def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        out = model.apply(params, key, inputs, None, True)
-        nll, _ = next_byte_loss(out.logits, targets)
-        loss = nll + jac_weight * out.jac_loss if jac_weight else nll
-        return loss, (nll, out.stats, out.jac_loss)
+    loss_fn = training_loss(model, config)
 
     def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, Metrics]:
-        key = jax.random.fold_in(base_key, state.step)
+        key = step_key(config, state.step)
         (loss, (nll, stats, jac_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, key
         )
@@ -141,6 +162,37 @@ def make_train_step(
         step,
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)),
+        compiler_options=compiler_options,
+    )
+
+
+def make_audit_step(
+    model: hk.Transformed,
+    reference: hk.Transformed,
+    config: TrainConfig,
+    mesh: Mesh,
+    compiler_options: dict[str, Any] | None = None,
+) -> Callable[[TrainState, jax.Array], Metrics]:
+    """The compiled gradient audit ``audit(state, batch) -> {"audit_cosine",
+    "audit_rel_error", "audit_reference_converged"}``: the training-loss gradient of
+    ``model`` (the configured gradient mode) against that of ``reference`` (the same
+    parameters, tight forward and implicit backward solves), on the batch of ``state``'s
+    step with its dropout key (:func:`implicit.compare_gradients`)."""
+    configured, exact = training_loss(model, config), training_loss(reference, config)
+
+    def audit(state: TrainState, batch: jax.Array) -> Metrics:
+        key = step_key(config, state.step)
+        grads = jax.grad(lambda p: configured(p, batch, key)[0])(state.params)
+        reference_grads, (_, stats, _) = jax.grad(
+            lambda p: exact(p, batch, key), has_aux=True)(state.params)
+        result = compare_gradients(grads, reference_grads)
+        return {"audit_cosine": result.cosine, "audit_rel_error": result.relative_error,
+                "audit_reference_converged": jnp.mean(stats["converged"].astype(jnp.float32))}
+
+    return jax.jit(
+        audit,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
         compiler_options=compiler_options,
     )
 
@@ -177,7 +229,7 @@ def summarize_eval(results: list[dict[str, np.ndarray]]) -> dict[str, float]:
     nll = sum(float(r["nll_sum"]) for r in results)
     count = sum(float(r["count"]) for r in results)
     summary = {"bpb": nll / max(count, 1.0) / LN2}
-    for key in ("solver_steps", "rel_residual", "converged"):
+    for key in ("solver_steps", "solver_fevals", "rel_residual", "converged"):
         summary[key] = float(np.mean([float(r[key]) for r in results]))
     summary["solver_steps_max"] = float(max(float(r["solver_steps_max"]) for r in results))
     return summary

@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from implicit import reference_configuration
 from models.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
@@ -59,7 +60,7 @@ from models.checkpoint import (
     restore,
     save_checkpoint,
 )
-from models.config import ConfigError, TrainConfig, parse_config, validate_config
+from models.config import ConfigError, TrainConfig, given_flags, parse_config, validate_config
 from models.data import (
     BatchSampler,
     DataError,
@@ -72,7 +73,6 @@ from models.lm import deq_backward, deq_solver, make_model
 from models.metrics import (
     METRICS_NAME,
     PLOT_NAME,
-    BackwardWarningCounter,
     MetricsError,
     MetricsLog,
     plot_metrics,
@@ -95,9 +95,12 @@ from models.sharding import (
     shard_batch,
     to_host,
 )
+from models.solve_reports import KINDS as SOLVE_KINDS
+from models.solve_reports import BackwardLog, SolveWarnings
 from models.step import (
     TrainState,
     init_state,
+    make_audit_step,
     make_eval_step,
     make_train_step,
     summarize_eval,
@@ -200,6 +203,8 @@ class _Programs:
     initial_state: TrainState  # NumPy arrays
     train_step: Any
     eval_step: Any
+    audit_step: Any  # None unless --audit-every
+    backward_log: BackwardLog  # what the compiled step's adjoint solves report
 
 
 @functools.lru_cache(maxsize=4)
@@ -212,16 +217,28 @@ def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
     is part of the compiled step, so a run extended to a larger ``--steps`` compiles anew.
     """
     compiler_options = dict(options) or None
-    model = make_model(key)
+    backward_log = BackwardLog()
+    deq = key.model == "deq"
+    model = make_model(key, backward=deq_backward(key, backward_log) if deq else None)
     optimizer = make_optimizer(key)
     schedule = learning_rate_schedule(key)
+    evaluated = model
+    if deq and key.eval_max_iter:
+        evaluated = make_model(key, solver=deq_solver(key).replace(max_iter=key.eval_max_iter))
+    audit_step = None
+    if deq and key.audit_every:
+        solver, backward = reference_configuration(deq_solver(key))
+        audit_step = make_audit_step(model, make_model(key, solver, backward), key, mesh,
+                                     compiler_options)
     return _Programs(
         model,
         optimizer,
         schedule,
         to_host(init_state(model, optimizer, key, compiler_options)),
         make_train_step(model, optimizer, schedule, key, mesh, compiler_options),
-        make_eval_step(model, key, mesh, compiler_options),
+        make_eval_step(evaluated, key, mesh, compiler_options),
+        audit_step,
+        backward_log,
     )
 
 
@@ -440,15 +457,33 @@ def _stopped_message(run: _Run, step: int, problem: str) -> str:
     )
 
 
+def _postfix(values: dict[str, float], missed: dict[str, int]) -> dict[str, str]:
+    """The progress bar's fields: the loss, and what the solves did this step (forward
+    iterations and share of sequences converged, adjoint iterations) and this session
+    (steps whose forward or adjoint solve missed its tolerance)."""
+    fields = {
+        "loss": f"{values['loss']:.3f}",
+        "bpb": f"{values['bpb']:.3f}",
+        "fwd": f"{values['solver_steps']:.1f}",
+        "conv": f"{100 * values['converged']:.0f}%",
+    }
+    if "backward_steps" in values:
+        fields["bwd"] = f"{values['backward_steps']:.1f}"
+    if any(missed.values()):
+        fields["missed"] = f"{missed['forward']}f/{missed['backward']}b"
+    return fields
+
+
 def _loop(run: _Run, on_step: StepHook | None) -> str:
     """Train from ``run.start`` to ``config.steps`` (see the module docstring); return
     ``"completed"``, ``"interrupted"`` after a Ctrl-C (a checkpoint is then written), or
     ``"diverged"`` when a step's loss or new state, or a validation loss, is not finite
     (``run.stop_reason`` then says what happened; a non-finite step is not kept in
     ``run.state``)."""
-    config = run.config
+    config, programs = run.config, run.programs
     tokens_per_step = config.batch_size * config.seq_len
     t_start = time.perf_counter()
+    missed = {kind: 0 for kind in SOLVE_KINDS}
 
     def say(message: str) -> None:  # above the progress bar when there is one
         if config.progress:
@@ -456,26 +491,34 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
         else:
             run.log(message)
 
-    with _Interrupt() as interrupt, BackwardWarningCounter() as backward_warnings, _progress(
+    with _Interrupt() as interrupt, SolveWarnings() as solve_warnings, _progress(
         config, run.start, run.writer
     ) as bar:
         for step in range(run.start, config.steps):
             t_step = time.perf_counter()
             batch = shard_batch(run.sampler.batch(step)[run.rows], run.mesh)
-            seen = backward_warnings.count
-            new_state, metrics = run.programs.train_step(run.state, batch)
+            before = dict(solve_warnings.counts)
+            new_state, metrics = programs.train_step(run.state, batch)
             values = {k: float(v) for k, v in to_host(metrics).items()}
             problem = _non_finite(values, _TRAIN_CHECKS)
             if problem:
                 run.stop_reason = _stopped_message(run, step + 1, problem)
                 return "diverged"
-            run.state = new_state
             del values["state_finite"]
-            values["backward_unconverged"] = float(backward_warnings.count > seen)
-            if seen == 0 and backward_warnings.count and run.writer:
-                say(f"note (step {step + 1}; counted in the metrics, not repeated): "
-                    f"{backward_warnings.first}")
+            values.update(programs.backward_log.take())
+            for kind in SOLVE_KINDS:
+                unconverged = solve_warnings.counts[kind] > before[kind]
+                values[f"{kind}_unconverged"] = float(unconverged)
+                if unconverged and not missed[kind] and run.writer:
+                    say(f"note (step {step + 1}; counted in the metrics and the progress bar, "
+                        f"not repeated): {solve_warnings.first[kind]}")
+                missed[kind] += unconverged
             done = step + 1
+            if programs.audit_step is not None and done % config.audit_every == 0:
+                values.update({k: float(v) for k, v in
+                               to_host(programs.audit_step(run.state, batch)).items()})
+                programs.backward_log.take()  # the audit's own solves are not the step's
+            run.state = new_state
             elapsed = time.perf_counter() - t_step
             run.metrics_log.write(
                 "train",
@@ -483,13 +526,7 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
                 {**values, "time": time.perf_counter() - t_start,
                  "tokens_per_s": tokens_per_step / max(elapsed, 1e-9)},
             )
-            bar.set_postfix(
-                loss=f"{values['loss']:.3f}",
-                bpb=f"{values['bpb']:.3f}",
-                steps=f"{values['solver_steps']:.1f}",
-                res=f"{values['rel_residual']:.1e}",
-                refresh=False,
-            )
+            bar.set_postfix(_postfix(values, missed), refresh=False)
             bar.update(1)
             if config.eval_every and done % config.eval_every == 0 and done < config.steps:
                 valid = run.evaluate(config.eval_batches or None)
@@ -501,7 +538,8 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
                 if run.writer:
                     say(
                         f"step {done}: valid {valid['bpb']:.3f} bits/byte, "
-                        f"{valid['solver_steps']:.1f} solver steps"
+                        f"{valid['solver_steps']:.1f} solver steps, "
+                        f"{100 * valid['converged']:.0f}% converged"
                     )
             if config.checkpoint_every and done % config.checkpoint_every == 0 and (
                 done < config.steps  # the last one after the final validation (_finish)
@@ -547,15 +585,15 @@ def _finish(run: _Run, status: str) -> TrainResult:
         "unigram_bpb": run.unigram,
         "uniform_bpb": 8.0,
         "valid_solver_steps": valid["solver_steps"],
+        "valid_solver_fevals": valid["solver_fevals"],
         "valid_rel_residual": valid["rel_residual"],
+        "valid_converged": valid["converged"],
         "train_seconds": run.train_seconds,
         "wall_seconds": time.perf_counter() - run.t_begin,
     }
     if run.writer:
         records = read_metrics(run.metrics_log.path)
-        summary["backward_unconverged_steps"] = int(sum(
-            r.get("backward_unconverged", 0) for r in records if r["split"] == "train"
-        ))
+        summary.update(_solve_summary([r for r in records if r["split"] == "train"]))
         plot_metrics(records, run.run_dir / PLOT_NAME,
                      baselines={"unigram": run.unigram, "uniform": 8.0})
         if config.sample_len:
@@ -571,11 +609,52 @@ def _finish(run: _Run, status: str) -> TrainResult:
             f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
             f"{valid['bpb']:.3f} bits/byte (unigram {run.unigram:.3f}, uniform 8.000); forward "
             f"solver {valid['solver_steps']:.1f} steps, relative residual "
-            f"{valid['rel_residual']:.1e}; outputs in {str(run.run_dir)!r}"
+            f"{valid['rel_residual']:.1e}, {100 * valid['converged']:.1f}% of sequences "
+            f"converged; outputs in {str(run.run_dir)!r}"
         )
+        log(_solve_line(summary))
         if sample:
             log("sample:\n" + sample)
     return TrainResult("completed", final_step, host, valid["bpb"], run.unigram, sample, summary)
+
+
+def _solve_summary(train: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the run's solves did, from its train records: the steps whose forward or
+    adjoint solve missed its tolerance, the adjoint's mean iterations and converged share,
+    and the gradient audit's cosines and relative errors."""
+    summary: dict[str, Any] = {"train_steps": len(train)}
+    for kind in SOLVE_KINDS:
+        summary[f"{kind}_unconverged_steps"] = int(sum(
+            r.get(f"{kind}_unconverged", 0) for r in train))
+    for key in ("backward_steps", "backward_converged"):
+        values = [r[key] for r in train if key in r]
+        if values:
+            summary[f"{key}_mean"] = float(np.mean(values))
+    audits = [r for r in train if "audit_cosine" in r]
+    if audits:
+        cosines = [r["audit_cosine"] for r in audits]
+        summary["audit"] = {
+            "count": len(audits), "cosine_min": min(cosines),
+            "cosine_mean": float(np.mean(cosines)), "cosine_last": cosines[-1],
+            "rel_error_max": max(r["audit_rel_error"] for r in audits),
+        }
+    return summary
+
+
+def _solve_line(summary: dict[str, Any]) -> str:
+    """The end-of-run line about the solves (and the gradient audit, if any)."""
+    steps = summary["train_steps"]
+    line = (f"solves: the forward solve missed its tolerance in "
+            f"{summary['forward_unconverged_steps']} of {steps} steps, the adjoint in "
+            f"{summary['backward_unconverged_steps']}")
+    if "backward_steps_mean" in summary:
+        line += (f" ({summary['backward_steps_mean']:.1f} adjoint iterations on average, "
+                 f"{100 * summary['backward_converged_mean']:.1f}% of sequences converged)")
+    audit = summary.get("audit")
+    if audit:
+        line += (f"; gradient audit over {audit['count']} steps: cosine to the exact gradient "
+                 f"{audit['cosine_min']:.6f} at worst, {audit['cosine_last']:.6f} at the last")
+    return line
 
 
 def train(
@@ -616,10 +695,24 @@ def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _resumed_total(config: TrainConfig) -> TrainConfig:
+    """``config`` with the ``--steps`` of the run it resumes: a plain ``--resume`` continues
+    the run to its own total; only an explicit, larger ``--steps`` extends it. (An unreadable
+    checkpoint is left for :func:`train` to report.)"""
+    try:
+        saved = read_run_checkpoint(config.run_dir).config
+    except CheckpointError:
+        return config
+    steps = saved.get("steps")
+    return dataclasses.replace(config, steps=steps) if isinstance(steps, int) else config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, and map expected failures to a one-line message and an exit code
     (see the module docstring)."""
     config = parse_config(argv)
+    if config.resume and "steps" not in given_flags(argv):
+        config = _resumed_total(config)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from implicit import JacobianPenalty, Mode
-from implicit.haiku import DEQ
+from implicit.haiku import DEQ, spectral_norm, spectral_norm_params
 from solvers import Solver, residuals
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "twin_params",
 ]
 
-SOLVE_STAT_KEYS: tuple[str, ...] = ("steps", "abs_residual", "rel_residual", "converged")
+SOLVE_STAT_KEYS: tuple[str, ...] = ("steps", "fevals", "abs_residual", "rel_residual", "converged")
 """The per-sample statistics every model reports in :attr:`LMOutput.stats`."""
 
 _NEG_INF = -1e9  # finite "minus infinity" so a fully masked row gives a uniform, not NaN, softmax
@@ -72,10 +72,11 @@ class LMOutput(NamedTuple):
 
     Attributes:
       logits: ``(batch, seq, vocab)`` next-byte logits.
-      stats: per-sample solve statistics, ``{"steps", "abs_residual", "rel_residual",
-        "converged"}``, each of shape ``(batch,)``. For the DEQ they come from the forward
-        solver; for an explicit stack ``steps`` is its depth and the residuals are those of its
-        last layer, ``‖zᴰ − zᴰ⁻¹‖`` and ``‖zᴰ − zᴰ⁻¹‖ / ‖zᴰ‖``.
+      stats: per-sample solve statistics, ``{"steps", "fevals", "abs_residual",
+        "rel_residual", "converged"}``, each of shape ``(batch,)``. For the DEQ they come from
+        the forward solver; for an explicit stack ``steps`` and ``fevals`` are its depth and
+        the residuals are those of its last layer, ``‖zᴰ − zᴰ⁻¹‖`` and
+        ``‖zᴰ − zᴰ⁻¹‖ / ‖zᴰ‖``.
       jac_loss: scalar Jacobian-regularisation term (0 unless the DEQ was built with
         ``jac_reg > 0`` and called with ``is_training=True``); the caller adds
         ``jac_reg · jac_loss`` to its loss.
@@ -116,6 +117,8 @@ class BlockConfig:
       init_std: std of the truncated-normal weight initialisation.
       out_init_scale: extra factor on the init std of the projections that write into
         the residual stream (attention output, MLP output).
+      spectral_norm: a bound on the spectral norm of every matrix of the block
+        (``implicit.haiku.spectral_norm``); 0 leaves them free.
     """
 
     d_model: int
@@ -125,6 +128,7 @@ class BlockConfig:
     dropout_rate: float = 0.0
     init_std: float = 0.02
     out_init_scale: float = 1.0
+    spectral_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -207,12 +211,18 @@ class InjectionBlock(hk.Module):
                 return value
             return hk.dropout(jax.random.fold_in(rng, index), rate, value)
 
-        h = x + drop(self._attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
-        h = h + drop(self._mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
-        for layer in range(1, self.config.block_layers):
-            a = self._attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer)
-            h = h + drop(a, 2 * layer)
-            h = h + drop(self._mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
+        def layers(z: jax.Array) -> jax.Array:
+            h = x + drop(self._attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
+            h = h + drop(self._mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
+            for layer in range(1, self.config.block_layers):
+                a = self._attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer)
+                h = h + drop(a, 2 * layer)
+                h = h + drop(self._mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
+            return h
+
+        if self.config.spectral_norm:
+            layers = spectral_norm(layers, self.config.spectral_norm)
+        h = layers(z)
         out = h * mask[..., None].astype(h.dtype)
         chex.assert_equal_shape([out, z])
         return out.astype(z.dtype)
@@ -317,7 +327,10 @@ class DEQTransformerLM(_LMBase):
         and through ``z*``.
         """
         x, mask = self.embed(tokens, mask)
-        config = self.block  # f must not close over this (outer) module
+        # f must not close over this (outer) module. The spectral bound, if any, is applied
+        # by the DEQ to the block's parameters once per call, not at every iteration.
+        config = dataclasses.replace(self.block, spectral_norm=0.0)
+        bound = self.block.spectral_norm
 
         def block(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
             return InjectionBlock(config, name="block")(z, x, mask, is_training=is_training)
@@ -330,6 +343,7 @@ class DEQTransformerLM(_LMBase):
             name="deq",
             return_stats=True,
             jacobian_penalty=penalty,
+            transform_params=spectral_norm_params(bound) if bound else None,
         )
         z_star, stats, *jac_loss = deq(x, jnp.zeros_like(x), mask)
         batch = tokens.shape[0]
@@ -384,6 +398,7 @@ class ExplicitTransformerLM(_LMBase):
         batch = tokens.shape[0]
         summary = {
             "steps": jnp.full((batch,), self.depth, jnp.int32),
+            "fevals": jnp.full((batch,), self.depth, jnp.int32),
             "abs_residual": change,
             "rel_residual": relative,
             "converged": jnp.zeros((batch,), bool),

@@ -8,7 +8,11 @@ import math
 from benchmarks import deq_vs_explicit
 
 
-def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys) -> None:
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_quick_benchmark_prints_and_writes_both_tables(tmp_path, capsys) -> None:
     path = tmp_path / "deq_vs_explicit.json"
     result = deq_vs_explicit.main(["--quick", "--no-progress", "--json", str(path)])
     rows = result["rows"]
@@ -16,10 +20,18 @@ def test_quick_benchmark_prints_and_writes_the_table(tmp_path, capsys) -> None:
     assert rows[0]["params"] == rows[1]["params"]  # the same parameters, used two ways
     for row in rows:
         for key in ("valid_bpb", "tokens_per_s", "peak_bytes", "temp_bytes", "memory_ratio"):
-            assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (key, row)
+            assert _finite(row[key]), (key, row)
         assert 0 < row["valid_bpb"] < 9
         assert 1 <= row["solver_steps"] <= 2
     assert rows[1]["memory_ratio"] == 1.0
+    budget = {r["model"]: r for r in result["budget_rows"]}
+    assert set(budget) == {"deq", "untied-1"}
+    for row in budget.values():
+        assert row["steps"] >= 1 and _finite(row["valid_bpb"]) and _finite(row["peak_bytes"])
+    assert _finite(budget["deq"]["forward_fevals"]) and budget["deq"]["forward_fevals"] >= 2
+    assert _finite(budget["deq"]["backward_vjps"]) and budget["untied-1"]["forward_fevals"] is None
+    assert any("mem" in c or "memory" in c for c in result["checks"])
     table = capsys.readouterr().out
     assert "| depth | model |" in table and "| 2 | deq |" in table
-    assert json.loads(path.read_text())["rows"][0]["model"] == "deq"
+    assert "| untied-1 |" in table and "fwd f-evals/step" in table
+    assert json.loads(path.read_text())["budget_rows"][0]["model"] == "deq"

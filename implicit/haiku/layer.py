@@ -54,6 +54,10 @@ class DEQ(hk.Module):
       jacobian_penalty: a :class:`implicit.JacobianPenalty`: also return its value at
         ``z*`` for ``fn`` with the layer's parameters and rng key, to add (weighted)
         to the loss. It draws one key with ``hk.next_rng_key()``.
+      transform_params: ``params ↦ params`` applied to ``fn``'s parameters once per call,
+        before the solve (so not at every iteration), e.g.
+        :func:`implicit.haiku.spectral_norm_params`; the stored parameters are the
+        untransformed ones.
       **solver_options: options of ``solver`` (``max_iter``, ``tol``, ``stop_mode``,
         ``batch_axis``, ``history``, ...), checked now: an unknown name raises
         ``TypeError`` listing the valid ones.
@@ -78,6 +82,7 @@ class DEQ(hk.Module):
         return_stats: bool = False,
         record_state: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
+        transform_params: Optional[Callable[[hk.Params], hk.Params]] = None,
         **solver_options: Any,
     ) -> None:
         super().__init__(name=name)
@@ -91,6 +96,7 @@ class DEQ(hk.Module):
                 f"jacobian_penalty must be an implicit.JacobianPenalty, got {jacobian_penalty!r}"
             )
         self.jacobian_penalty = jacobian_penalty
+        self.transform_params = transform_params
         self._inner = hk.transform(fn)
 
     def __call__(self, x: PyTree, z0: Optional[PyTree] = None, *extra: PyTree) -> Any:
@@ -101,6 +107,8 @@ class DEQ(hk.Module):
         params = hk.experimental.transparent_lift(self._inner.init, allow_reuse=True)(
             init_key, z0, x, *extra
         )
+        if self.transform_params is not None:
+            params = self.transform_params(params)
         key = hk.maybe_next_rng_key()
         apply = self._inner.apply
 
