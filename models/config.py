@@ -75,6 +75,10 @@ class TrainConfig:
         0.0, "bound on the spectral norm of every matrix of the block (0: off); a bound keeps "
         "f contractive and the solves short"
     )
+    qk_norm: bool = _flag(
+        False, "RMS-normalise queries and keys, which bounds the attention logits (and how "
+        "sharply f can react to z)"
+    )
     # DEQ solver
     solver: str = _flag("broyden", "forward fixed-point solver, by registry name")
     max_iter: int = _flag(16, "forward solver iteration limit")
@@ -171,6 +175,7 @@ class TrainConfig:
             d_model=self.d_model, num_heads=self.num_heads, block_layers=self.block_layers,
             mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout, init_std=self.init_std,
             out_init_scale=self.out_init_scale, spectral_norm=self.spectral_norm,
+            qk_norm=self.qk_norm,
         )
 
     def compile_key(self) -> TrainConfig:

@@ -100,6 +100,11 @@ def _linear(size: int, std: float, name: str, with_bias: bool = True) -> hk.Line
     return hk.Linear(size, with_bias=with_bias, w_init=init, name=name)
 
 
+def _rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x / rms(x)`` over the last axis (no gain): every vector gets norm ``√dim``."""
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
 def _layer_norm(name: str) -> hk.LayerNorm:
     return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
 
@@ -119,6 +124,8 @@ class BlockConfig:
         the residual stream (attention output, MLP output).
       spectral_norm: a bound on the spectral norm of every matrix of the block
         (``implicit.haiku.spectral_norm``); 0 leaves them free.
+      qk_norm: RMS-normalise every query and key per head, so the attention logits stay
+        within ``±√d_head`` and the softmax cannot sharpen without bound.
     """
 
     d_model: int
@@ -129,6 +136,7 @@ class BlockConfig:
     init_std: float = 0.02
     out_init_scale: float = 1.0
     spectral_norm: float = 0.0
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -162,6 +170,8 @@ class InjectionBlock(hk.Module):
         head = c.d_model // c.num_heads
         qkv = _linear(3 * c.d_model, c.init_std, f"qkv_{layer}")(h)
         q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * c.num_heads, head), 3, axis=2)
+        if c.qk_norm:
+            q, k = _rms_normalize(q), _rms_normalize(k)
         logits = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(head)
         logits = jnp.where(allowed, logits, _NEG_INF)
         weights = jax.nn.softmax(logits, axis=-1)

@@ -38,7 +38,8 @@ def flat_view(z0: PyTree, batch_axis: Optional[int]) -> FlatView:
 
     def to_matrix(tree: PyTree) -> jax.Array:
         rows = [
-            jnp.reshape(leaf, (batch, -1)).astype(dtype) for leaf in jax.tree_util.tree_leaves(tree)
+            jnp.reshape(leaf, (batch, size)).astype(dtype)
+            for leaf, size in zip(jax.tree_util.tree_leaves(tree), row_sizes, strict=True)
         ]
         return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
 

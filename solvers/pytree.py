@@ -7,6 +7,7 @@ Complex leaves use the Hermitian inner product ``⟨a, b⟩ = Σ conj(a)·b``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import jax
@@ -32,6 +33,11 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
     return sum(
         (jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in pairs), jnp.zeros((), dtype)
     )
+
+
+def _rows(x: jax.Array, rows: int) -> jax.Array:
+    """``x`` as a ``(rows, n)`` matrix (explicit sizes, so an empty batch reshapes too)."""
+    return jnp.reshape(x, (rows, math.prod(jnp.shape(x)) // max(rows, 1)))
 
 
 def _squares(x: jax.Array, dtype: Any) -> jax.Array:
@@ -83,7 +89,7 @@ def norm(tree: PyTree) -> jax.Array:
 def row_norms(tree: PyTree) -> jax.Array:
     """Per-sample Euclidean norms of a batched pytree (axis 0 of every leaf is the sample),
     overflow-safe and in at least single precision."""
-    return scaled_row_norms([jnp.reshape(x, (x.shape[0], -1)) for x in _leaves(tree)])[0]
+    return scaled_row_norms([_rows(x, jnp.shape(x)[0]) for x in _leaves(tree)])[0]
 
 
 def residuals(
@@ -92,9 +98,7 @@ def residuals(
     """``(‖f(z) − z‖, ‖f(z) − z‖ / ‖f(z)‖)``, per sample with ``batch_axis=0``; 0/0 counts as 0."""
     diff = jax.tree_util.tree_map(lambda a, b: a - b, fz, z)
     rows = 1 if batch_axis is None else jnp.shape(_leaves(z)[0])[0]
-    absolute, scale = scaled_row_norms(
-        *[[jnp.reshape(x, (rows, -1)) for x in _leaves(t)] for t in (diff, fz)]
-    )
+    absolute, scale = scaled_row_norms(*[[_rows(x, rows) for x in _leaves(t)] for t in (diff, fz)])
     if batch_axis is None:
         absolute, scale = absolute[0], scale[0]
     return absolute, absolute / jnp.maximum(scale, jnp.finfo(scale.dtype).tiny)

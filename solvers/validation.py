@@ -28,6 +28,13 @@ def check_state(z0: PyTree, batch_axis: Optional[int], name: str = "z0") -> None
     if not leaves:
         raise ValueError(f"{name} has no array leaves; a fixed-point state needs at least one")
     for path, leaf in leaves:
+        try:
+            jnp.result_type(leaf)
+        except TypeError:
+            raise TypeError(
+                f"{name} leaf {path} is a {type(leaf).__name__} ({leaf!r:.40}), not an array; "
+                "fixed-point states must be floating-point arrays"
+            ) from None
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             raise TypeError(
                 f"{name} leaf {path} has dtype {jnp.result_type(leaf)}; fixed-point states "

@@ -30,6 +30,7 @@ from implicit.modes import Mode, as_mode
 from implicit.regularizers import JacobianPenalty
 from solvers import Solver
 from solvers.types import PyTree
+from solvers.validation import check_state
 
 STATS_FIELDS = ("steps", "fevals", "abs_residual", "rel_residual", "converged")
 """The statistics a DEQ with ``record_state=True`` stores with ``hk.set_state``."""
@@ -103,6 +104,9 @@ class DEQ(hk.Module):
         """Solve ``z* = fn(z*, x, *extra)`` from ``z0`` (default: zeros shaped like ``x``)."""
         if z0 is None:
             z0 = jax.tree_util.tree_map(jnp.zeros_like, x)
+        # Before Haiku initialises fn on z0: a non-floating state is named here, not there.
+        check_state(z0, self.solver.options["batch_axis"], name="the DEQ's z0 (zeros like x "
+                    "when not given)")
         init_key = hk.maybe_next_rng_key() if hk.running_init() else None
         params = hk.experimental.transparent_lift(self._inner.init, allow_reuse=True)(
             init_key, z0, x, *extra

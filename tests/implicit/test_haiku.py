@@ -148,3 +148,11 @@ def test_jacobian_penalty_option_reuses_the_layer_parameters():
     # J = 0.1 W per row: ‖J‖_F² = 0.01 · 9 per row, 2 rows, numel 6 → 0.03.
     np.testing.assert_allclose(penalty, 0.03, rtol=0.1)
     assert np.all(np.isfinite(grads["deq/linear"]["w"]))
+
+
+def test_an_integer_input_is_named_before_haiku_initialises_the_block():
+    def forward(x):
+        return DEQ(lambda z, x: hk.Linear(3)(z) + x)(x)
+
+    with pytest.raises(TypeError, match="DEQ's z0.*int32.*floating point"):
+        hk.transform(forward).init(jax.random.PRNGKey(0), jnp.ones((2, 3), jnp.int32))

@@ -127,3 +127,18 @@ def test_fallback_value_is_a_solver_option_with_the_same_budget():
     solve = solvers.get("broyden", fallback="fixed_point", max_iter=7, tol=1e-3)
     assert solve.fallback == solvers.get("fixed_point", max_iter=7, tol=1e-3)
     assert "fallback='fixed_point'" in repr(solve)
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_an_empty_batch_solves_to_an_empty_batch(name):
+    z0 = {"a": jnp.zeros((0, 3)), "b": jnp.zeros((0, 2, 2))}
+    solve = solvers.get(name, batch_axis=0)
+    sol = solve(lambda z: jax.tree_util.tree_map(lambda leaf: 0.5 * leaf + 1.0, z), z0)
+    chex.assert_trees_all_equal_shapes_and_dtypes(sol.value, z0)
+    chex.assert_shape([sol.stats.steps, sol.stats.reason, sol.stats.converged], (0,))
+    assert solvers.explain(sol.stats) == "0/0 converged"
+
+
+def test_a_leaf_that_is_not_an_array_is_named():
+    with pytest.raises(TypeError, match=r"leaf \['b'\] is a str .*not an array"):
+        solvers.get("broyden")(lambda z: z, {"a": jnp.zeros(3), "b": "text"})
