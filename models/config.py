@@ -92,7 +92,8 @@ class TrainConfig:
     history: int = _flag(4, "Broyden: rank-one terms kept (memory grows with it)")
     backward: str = _flag("implicit", "how to differentiate the fixed point", choices=BACKWARDS)
     backward_solver: str = _flag(
-        "broyden", "solver of the adjoint equation (--backward implicit), by registry name"
+        "broyden", "solver of the adjoint equation (--backward implicit): a registry name or "
+        "a Krylov solver (gmres, bicgstab, normal_cg)"
     )
     backward_max_iter: int = _flag(16, "adjoint solver iteration limit")
     backward_tol: float = _flag(1e-2, "adjoint solver tolerance")
@@ -113,6 +114,12 @@ class TrainConfig:
         "DEQ: weight of the Hutchinson Jacobian regulariser ‖∂f/∂z(z*)‖²_F / numel(z*), which "
         "keeps f contractive and the solves short (0: off; explicit stacks ignore it)",
     )
+    warmup_unrolled: int = _flag(
+        0, "DEQ: train the first this many steps as the weight-tied stack of "
+        "--warmup-depth blocks (the same parameters, f applied that many times from z = 0, "
+        "backpropagated through), before the equilibrium takes over (0: off)"
+    )
+    warmup_depth: int = _flag(4, "DEQ: blocks of the unrolled warm-up stack")
     jac_batch: int = _flag(
         4, "sequences of each batch the Jacobian penalty is estimated on (0: all of them)"
     )
@@ -225,9 +232,11 @@ class ConfigError(ValueError):
 _POSITIVE = (
     "d_model", "num_heads", "block_layers", "mlp_ratio", "depth", "max_iter", "history",
     "backward_max_iter", "backward_history", "phantom_steps", "steps", "batch_size", "seq_len",
+    "warmup_depth",
 )
 _NON_NEGATIVE = (
-    "max_bytes", "jac_batch", "warmup_steps", "eval_every", "eval_batches", "eval_max_iter",
+    "max_bytes", "jac_batch", "warmup_steps", "warmup_unrolled", "eval_every", "eval_batches",
+    "eval_max_iter",
     "audit_every", "checkpoint_every", "sample_len",
     "seed",
 )

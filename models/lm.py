@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 import solvers
-from implicit import Implicit, JacobianPenalty, Mode, Phantom, as_mode
+from implicit import KRYLOV_NAMES, Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
 from implicit.reporting import Monitor
 from models.config import TrainConfig
 from models.data import VOCAB_SIZE
@@ -46,11 +46,23 @@ def deq_solver(config: TrainConfig) -> solvers.Solver:
     )
 
 
+def unrolled_warmup(config: TrainConfig) -> tuple[Solver, Mode]:
+    """The solver and gradient mode of the DEQ's unrolled warm-up: exactly
+    ``warmup_depth`` plain iterations ``z ← f(z)`` from ``z = 0`` (``tol = 0``: no early
+    stop), backpropagated through; that is the weight-tied stack of that depth."""
+    solver = solvers.get("fixed_point", max_iter=config.warmup_depth, tol=0.0,
+                         stall_window=0, batch_axis=0 if config.per_sample else None)
+    return solver, Unroll()
+
+
 def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode:
     """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver by name with
     its ``max_iter``, ``tol`` (and ``history``; ``stop_mode`` and ``batch_axis`` as the
     forward solve), reporting each adjoint solve to ``monitor``; for ``"phantom"`` its
     steps and damping, otherwise the mode's defaults."""
+    if config.backward == "implicit" and config.backward_solver in KRYLOV_NAMES:
+        return Implicit(config.backward_solver, max_iter=config.backward_max_iter,
+                        tol=config.backward_tol, monitor=monitor)
     if config.backward == "implicit":
         adjoint = _with_history(
             config.backward_solver, config.backward_history, max_iter=config.backward_max_iter,

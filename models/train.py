@@ -69,7 +69,7 @@ from models.data import (
     split_corpus,
     unigram_bits_per_byte,
 )
-from models.lm import deq_backward, deq_solver, make_model
+from models.lm import deq_backward, deq_solver, make_model, unrolled_warmup
 from models.metrics import (
     METRICS_NAME,
     PLOT_NAME,
@@ -202,6 +202,7 @@ class _Programs:
     schedule: Any
     initial_state: TrainState  # NumPy arrays
     train_step: Any
+    warmup_step: Any  # the unrolled warm-up's train step; None unless --warmup-unrolled
     eval_step: Any
     audit_step: Any  # None unless --audit-every
     backward_log: BackwardLog  # what the compiled step's adjoint solves report
@@ -225,6 +226,10 @@ def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
     evaluated = model
     if deq and key.eval_max_iter:
         evaluated = make_model(key, solver=deq_solver(key).replace(max_iter=key.eval_max_iter))
+    warmup_step = None
+    if deq and key.warmup_unrolled:
+        unrolled = make_model(key, *unrolled_warmup(key))
+        warmup_step = make_train_step(unrolled, optimizer, schedule, key, mesh, compiler_options)
     audit_step = None
     if deq and key.audit_every:
         solver, backward = reference_configuration(deq_solver(key))
@@ -236,6 +241,7 @@ def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
         schedule,
         to_host(init_state(model, optimizer, key, compiler_options)),
         make_train_step(model, optimizer, schedule, key, mesh, compiler_options),
+        warmup_step,
         make_eval_step(evaluated, key, mesh, compiler_options),
         audit_step,
         backward_log,
@@ -498,7 +504,9 @@ def _loop(run: _Run, on_step: StepHook | None) -> str:
             t_step = time.perf_counter()
             batch = shard_batch(run.sampler.batch(step)[run.rows], run.mesh)
             before = dict(solve_warnings.counts)
-            new_state, metrics = programs.train_step(run.state, batch)
+            warming_up = programs.warmup_step is not None and step < config.warmup_unrolled
+            train_step = programs.warmup_step if warming_up else programs.train_step
+            new_state, metrics = train_step(run.state, batch)
             values = {k: float(v) for k, v in to_host(metrics).items()}
             problem = _non_finite(values, _TRAIN_CHECKS)
             if problem:

@@ -14,9 +14,9 @@ good-Broyden (Sherman–Morrison) update is
 Cost: ``J⁻¹ g(z) = −d`` is already known, so ``J⁻¹ Δg = J⁻¹ g(z⁺) + d`` and the next
 direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᴴ g(z⁺)))`` need no extra pass: an iteration
 reads the stored terms twice, plus one evaluation of ``f``. The products only run over
-the terms stored so far: while at most four are (the first iterations, and every solve
-that converges within them, as the DEQ solves do), the algebra touches four slots, not
-``history``.
+the slots that hold terms so far, rounded up to 4, 8 or 16 (the algebra is compiled for
+each size): a solve that converges in a few iterations, as the DEQ solves do, never
+touches the rest of its ``history``.
 
 Safeguards:
 * when the buffer is full, the slot of the newest term is reused, so the earliest
@@ -62,7 +62,13 @@ class BroydenState(NamedTuple):
     filled: jax.Array  # how many slots hold terms (the rest are zero)
 
 
-SMALL_HISTORY = 4  # terms the algebra covers while the buffer is filling
+FILLING_SIZES = (4, 8, 16)  # while the buffer fills, the algebra covers the smallest that fits
+
+
+def _sizes(history: int) -> tuple[int, ...]:
+    """The numbers of stored terms the algebra is compiled for: the filling sizes below
+    ``history``, then ``history`` itself."""
+    return tuple(size for size in FILLING_SIZES if size < history) + (history,)
 
 
 def _vdot_rows(a: Matrix, b: Matrix) -> jax.Array:
@@ -217,10 +223,11 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         def update(terms: int) -> Callable[[None], _Update]:
             return lambda _: _update(state, terms, z_new - z, g, g_new, active, max_increase)
 
-        if history > SMALL_HISTORY:
-            # While at most SMALL_HISTORY slots hold terms, run the algebra over those alone.
-            filling = state.filled < SMALL_HISTORY
-            new = lax.cond(filling, update(SMALL_HISTORY), update(history), None)
+        sizes = _sizes(history)
+        if len(sizes) > 1:
+            # Run the algebra over the slots that hold terms (and the one written next) only.
+            index = jnp.sum(jnp.asarray(sizes[:-1]) <= state.filled)
+            new = lax.switch(index, [update(size) for size in sizes], None)
         else:
             new = update(history)(None)
         if keep_earliest:
