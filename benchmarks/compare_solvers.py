@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import solvers
 from benchmarks import cli, report, timing
 from benchmarks import contenders as contenders_lib
 from benchmarks import problems as problems_lib
@@ -77,6 +78,7 @@ COLUMNS = (
     report.Column("forward_backward_s", "fwd+bwd ms", report.fmt_ms),
     report.Column("max_rel_residual", "max rel res", report.fmt_sci),
     report.Column("converged_text", "conv"),
+    report.Column("stopped", "stopped (solvers.Reason)", align="left"),
     report.Column("grad_rel_error", "grad err", report.fmt_sci),
     report.Column("overhead", "overhead", report.fmt_ratio),
     report.Column("peak_bytes", "peak MiB", report.fmt_mib),
@@ -172,6 +174,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def stopped_text(reason: Any) -> str:
+    """How many samples stopped for each :class:`solvers.Reason`, e.g. ``"30 converged,
+    2 stalled"`` (the solver's own verdict, on its own residual)."""
+    codes = _per_sample(reason)
+    return ", ".join(f"{int(np.sum(codes == r))} {r.name.lower()}"
+                     for r in solvers.Reason if np.any(codes == r))
+
+
 def _per_sample(values: Any) -> np.ndarray:
     return np.asarray(values).reshape(-1)
 
@@ -260,6 +270,8 @@ def run_problem(
             f" ({row['nonfinite']} nan)" if row["nonfinite"] else "")
         if outcome.median_s is not None and fevals.max() > 0:
             row["overhead"] = outcome.median_s / (fevals.max() * f_call_s)
+        if out.reason is not None:
+            row["stopped"] = stopped_text(out.reason)
         if out.trace is not None:
             row["trace"] = np.max(np.asarray(out.trace), axis=0)[: int(steps.max()) + 1]
     for name, outcome in backward.items():

@@ -69,6 +69,7 @@ class Forward(NamedTuple):
     steps: jax.Array  # (batch,) iterations
     fevals: jax.Array  # (batch,) evaluations of f
     trace: Optional[jax.Array]  # (batch, K + 1) best relative residual after k iterations
+    reason: Optional[jax.Array] = None  # (batch,) solvers.Reason codes (our solvers only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,8 @@ class Registered(Contender):
 
         def run(z0: PyTree, *args: PyTree) -> Forward:
             sol = solve(problem.f, z0, *args)
-            return Forward(sol.value, sol.stats.steps, sol.stats.fevals, sol.stats.trace)
+            return Forward(sol.value, sol.stats.steps, sol.stats.fevals, sol.stats.trace,
+                           sol.stats.reason)
 
         return run
 

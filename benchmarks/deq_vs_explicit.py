@@ -19,7 +19,9 @@ Both train side by side on the same batches (one step of each in turn, so load f
 processes falls on both alike) for ``--steps`` steps from the same initial parameters, every
 other setting the default of ``python -m models.train``. ``mem ratio`` is DEQ peak /
 explicit peak, from XLA's ``memory_analysis()`` of the compiled train step (``peak =
-arguments + outputs + temporaries − aliased``).
+arguments + outputs + temporaries − aliased``). Like ``python -m models.train``, the program
+compiles with XLA's memory-minimising CPU schedule (:mod:`models.xla_setup`) unless
+``XLA_FLAGS`` already chooses a scheduler.
 
 **Wall-clock table.** The DEQ with the defaults of ``python -m models.train`` against
 standard untied Transformers (the same block, ``--layers`` separate layers, no fixed point):
@@ -51,6 +53,7 @@ from models.optim import learning_rate_schedule, make_optimizer
 from models.sharding import make_mesh, replicate, shard_batch, to_host
 from models.solve_reports import BackwardLog, SolveWarnings
 from models.step import init_state, make_eval_step, make_train_step, summarize_eval
+from models.xla_setup import prefer_memory_schedule
 
 DEFAULT_DEPTHS = (2, 4, 8, 16)
 DEFAULT_LAYERS = (1, 2, 4)
@@ -347,4 +350,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    prefer_memory_schedule()  # as python -m models.train does, before JAX starts
     main()

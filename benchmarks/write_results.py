@@ -3,6 +3,8 @@
     python -m benchmarks.write_results                 # run both benchmarks, write both files
     python -m benchmarks.write_results --dry-run       # print what would be written
     python -m benchmarks.write_results --compare-json cs.json --backward-json bm.json
+    python -m benchmarks.write_results --deq-json deq.json   # also the DEQ-vs-explicit tables
+    python -m benchmarks.write_results --with-deq            # run deq_vs_explicit too (~15 min)
 
 ``docs/results.md`` (``--output``) is written whole: the machine the numbers were
 measured on, the commands that reproduce them, and the tables of
@@ -12,6 +14,10 @@ short summary of the same run between the markers ``<!-- results:start -->`` and
 ``<!-- results:end -->``, with a link to the full tables; without both markers, in that
 order and once each, the script stops with an error and writes nothing. Residual plots
 go to ``--plots-dir`` and the slow-modes ones are linked from the results file.
+
+The tables of :mod:`benchmarks.deq_vs_explicit` (with ``--deq-json`` or ``--with-deq``) go
+to the results page and, whole, to the README between ``<!-- deq-vs-explicit:start -->`` and
+``<!-- deq-vs-explicit:end -->``; without them that README section is left as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from benchmarks import backward_modes, compare_solvers, report
+from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, report
+from models.xla_setup import prefer_memory_schedule
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
+DEQ_START = "<!-- deq-vs-explicit:start -->"
+DEQ_END = "<!-- deq-vs-explicit:end -->"
 RESULTS_DIR = "docs"
 RESULTS_PATH = f"{RESULTS_DIR}/results.md"
 DEFAULT_PLOTS_DIR = f"{RESULTS_DIR}/plots"
@@ -36,18 +45,19 @@ class MarkersMissing(RuntimeError):
     """The README lacks the results markers (or has them more than once, or out of order)."""
 
 
-def replace_between_markers(text: str, section: str, path: str = "README.md") -> str:
-    """``text`` with the part between :data:`START` and :data:`END` replaced by ``section``."""
-    starts, ends = text.count(START), text.count(END)
-    if starts != 1 or ends != 1 or text.index(START) > text.index(END):
+def replace_between_markers(text: str, section: str, path: str = "README.md",
+                            start: str = START, end: str = END) -> str:
+    """``text`` with the part between ``start`` and ``end`` replaced by ``section``."""
+    starts, ends = text.count(start), text.count(end)
+    if starts != 1 or ends != 1 or text.index(start) > text.index(end):
         raise MarkersMissing(
-            f"{path} must contain the line {START!r} followed later by {END!r}, once each "
-            f"(found {starts} start and {ends} end marker(s)); add them where the Results "
-            "section belongs. Nothing was written."
+            f"{path} must contain the line {start!r} followed later by {end!r}, once each "
+            f"(found {starts} start and {ends} end marker(s)); add them where the section "
+            "belongs. Nothing was written."
         )
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section.strip()}\n{END}{tail}"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{section.strip()}\n{end}{tail}"
 
 
 def _commands(quick: bool) -> list[str]:
@@ -61,7 +71,7 @@ def _commands(quick: bool) -> list[str]:
 
 
 def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool,
-                 page_dir: str = RESULTS_DIR) -> str:
+                 page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None) -> str:
     """The markdown of ``docs/results.md`` (which lies in ``page_dir``, where its plot links
     start): every table, how it was measured and how to reproduce it."""
     lines = [
@@ -89,6 +99,13 @@ def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], qu
             "## Gradient modes: `python -m benchmarks.backward_modes`",
             "",
             backward_modes.render(backward),
+        ]
+    if deq is not None:
+        lines += [
+            "",
+            "## DEQ against explicit Transformers: `python -m benchmarks.deq_vs_explicit`",
+            "",
+            deq_vs_explicit.render(deq),
         ]
     return "\n".join(lines) + "\n"
 
@@ -146,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backward-json", default=None, metavar="PATH",
                         help="use this backward_modes --json output instead of running it")
     parser.add_argument("--no-backward", action="store_true", help="omit the gradient-mode table")
+    parser.add_argument("--deq-json", default=None, metavar="PATH",
+                        help="a deq_vs_explicit --json output: its tables go to the page and "
+                        "to the README's deq-vs-explicit section")
+    parser.add_argument("--with-deq", action="store_true",
+                        help="run deq_vs_explicit here for those tables (about 15 minutes)")
     parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
                         help="where compare_solvers writes the plots the section links")
     return parser
@@ -168,6 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             raise SystemExit(f"write_results: cannot read {args.readme}: {err}") from None
         try:  # check the markers before spending minutes on the benchmarks
             replace_between_markers(text, "", args.readme)
+            if args.deq_json or args.with_deq:
+                replace_between_markers(text, "", args.readme, DEQ_START, DEQ_END)
         except MarkersMissing as err:
             raise SystemExit(f"write_results: {err}") from None
     quick = ["--quick"] if args.quick else []
@@ -183,13 +207,21 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         else:
             backward = backward_modes.run(backward_modes.config_from_args(
                 backward_modes.build_parser().parse_args(quick)))
-    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".")
+    deq = None
+    if args.deq_json:
+        deq = _load(args.deq_json)
+    elif args.with_deq:
+        deq = deq_vs_explicit.run(deq_vs_explicit.build_parser().parse_args(quick))
+    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq)
     summary = readme_summary(compare, backward)
     if args.dry_run:
         print(page)
         print(summary)
         return page
     assert text is not None
+    if deq is not None:
+        text = replace_between_markers(text, deq_vs_explicit.render(deq), args.readme,
+                                       DEQ_START, DEQ_END)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write(page)
@@ -201,4 +233,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == "__main__":
+    if "--with-deq" in sys.argv[1:]:
+        prefer_memory_schedule()  # as deq_vs_explicit does on its own, before JAX starts
     main()

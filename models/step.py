@@ -27,6 +27,7 @@ from implicit import compare_gradients
 from models.config import TrainConfig
 from models.lm import LN2, next_byte_loss
 from models.sharding import batch_sharded, replicated
+from solvers import Reason
 
 __all__ = [
     "TrainState",
@@ -37,8 +38,16 @@ __all__ = [
     "training_loss",
     "step_key",
     "TRAIN_METRICS",
+    "STOPPED_METRICS",
     "summarize_eval",
 ]
+
+_STOPPED: dict[str, Reason] = {
+    f"stopped_{reason.name.lower()}": reason for reason in Reason if reason != Reason.CONVERGED
+}
+STOPPED_METRICS: tuple[str, ...] = tuple(_STOPPED)
+"""``stopped_max_iter``, ``stopped_stalled``, ``stopped_diverged``, ``stopped_nonfinite``: the
+share of sequences whose forward solve ended so (:class:`solvers.Reason`)."""
 
 TRAIN_METRICS: tuple[str, ...] = (
     "loss",
@@ -51,6 +60,7 @@ TRAIN_METRICS: tuple[str, ...] = (
     "solver_fevals",
     "rel_residual",
     "converged",
+    *STOPPED_METRICS,
     "state_finite",
 )
 """Keys of the metrics dict a train step returns (scalars). ``state_finite`` is 1 when every
@@ -99,6 +109,8 @@ def _solve_metrics(stats: dict[str, jax.Array]) -> Metrics:
         "solver_fevals": jnp.mean(stats["fevals"].astype(jnp.float32)),
         "rel_residual": jnp.mean(stats["rel_residual"]),
         "converged": jnp.mean(stats["converged"].astype(jnp.float32)),
+        **{key: jnp.mean((stats["reason"] == reason).astype(jnp.float32))
+           for key, reason in _STOPPED.items()},
     }
 
 
@@ -229,7 +241,7 @@ def summarize_eval(results: list[dict[str, np.ndarray]]) -> dict[str, float]:
     nll = sum(float(r["nll_sum"]) for r in results)
     count = sum(float(r["count"]) for r in results)
     summary = {"bpb": nll / max(count, 1.0) / LN2}
-    for key in ("solver_steps", "solver_fevals", "rel_residual", "converged"):
+    for key in ("solver_steps", "solver_fevals", "rel_residual", "converged", *STOPPED_METRICS):
         summary[key] = float(np.mean([float(r[key]) for r in results]))
     summary["solver_steps_max"] = float(max(float(r["solver_steps_max"]) for r in results))
     return summary

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from implicit import JacobianPenalty, Mode
 from implicit.haiku import DEQ, spectral_norm, spectral_norm_params
-from solvers import Solver, residuals
+from solvers import Reason, Solver, residuals
 
 __all__ = [
     "SOLVE_STAT_KEYS",
@@ -50,8 +50,11 @@ __all__ = [
     "twin_params",
 ]
 
-SOLVE_STAT_KEYS: tuple[str, ...] = ("steps", "fevals", "abs_residual", "rel_residual", "converged")
-"""The per-sample statistics every model reports in :attr:`LMOutput.stats`."""
+SOLVE_STAT_KEYS: tuple[str, ...] = (
+    "steps", "fevals", "abs_residual", "rel_residual", "converged", "reason"
+)
+"""The per-sample statistics every model reports in :attr:`LMOutput.stats` (``reason``: a
+:class:`solvers.Reason` code; an explicit stack's is ``MAX_ITER``, it never converges)."""
 
 _NEG_INF = -1e9  # finite "minus infinity" so a fully masked row gives a uniform, not NaN, softmax
 
@@ -412,5 +415,6 @@ class ExplicitTransformerLM(_LMBase):
             "abs_residual": change,
             "rel_residual": relative,
             "converged": jnp.zeros((batch,), bool),
+            "reason": jnp.full((batch,), int(Reason.MAX_ITER), jnp.int32),
         }
         return LMOutput(self.readout(z), summary, jnp.zeros((), jnp.float32))

@@ -50,6 +50,10 @@ def test_compare_solvers_quick_has_every_solver_with_finite_numbers(compare_run,
             assert row["max_rel_residual"] <= result["settings"]["tol"] * 1.01
             for key in ("forward_backward_s", "grad_rel_error", "peak_bytes"):
                 assert _finite(row[key]), (row["solver"], key, row[key])
+            # The solver's own verdict per sample, by solvers.Reason name, adds up to the batch.
+            counts = [part.split(" ") for part in row["stopped"].split(", ")]
+            assert {name for _, name in counts} <= {r.name.lower() for r in solvers.Reason}
+            assert sum(int(n) for n, _ in counts) == row["batch"], row["stopped"]
         elif row["status"] == "ok":
             assert _finite(row["forward_s"]) and _finite(row["iterations"]), row
 
@@ -59,6 +63,7 @@ def test_compare_solvers_outputs(compare_run) -> None:
     table = compare_solvers.render(result)
     for name in solvers.available():
         assert f"| {name} |" in table
+    assert "stopped (solvers.Reason)" in table and " converged |" in table
     with open(paths["json"], encoding="utf-8") as handle:
         saved = json.load(handle)
     assert len(saved["rows"]) == len(result["rows"])
@@ -106,6 +111,46 @@ def test_write_results_writes_the_page_and_only_the_marked_readme_section(
     full = page.read_text(encoding="utf-8")
     assert "python -m benchmarks.compare_solvers" in full and "| broyden |" in full
     assert "| jfb |" in full
+
+
+def test_write_results_puts_the_deq_tables_between_their_own_markers(
+    compare_run, backward_run, tmp_path
+) -> None:
+    compare, paths, _ = compare_run
+    _, backward_json = backward_run
+    deq = {  # the shape of benchmarks.deq_vs_explicit's --json output
+        "rows": [{"depth": 2, "model": "deq", "params": 10, "valid_bpb": 3.25,
+                  "solver_steps": 1.5, "tokens_per_s": 100.0, "peak_bytes": 2**20,
+                  "temp_bytes": 2**19, "memory_ratio": 0.5, "backward_misses": 0}],
+        "budget_rows": [{"model": "untied-1", "params": 12, "steps": 7, "valid_bpb": 3.5,
+                         "tokens_per_s": 200.0, "peak_bytes": 2**21, "forward_fevals": None,
+                         "backward_vjps": None}],
+        "checks": ["depth 2: DEQ train-step peak memory is 0.50 of the explicit stack's"],
+        "settings": {"steps": 3, "batch_size": 4, "seq_len": 16, "budget": 2.0},
+        "machine": compare["machine"],
+    }
+    deq_json = tmp_path / "deq.json"
+    deq_json.write_text(json.dumps(deq), encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"{write_results.START}\nold\n{write_results.END}\n\nmiddle\n\n"
+        f"{write_results.DEQ_START}\nold deq\n{write_results.DEQ_END}\n",
+        encoding="utf-8",
+    )
+    page = tmp_path / "results.md"
+    write_results.main(["--readme", str(readme), "--output", str(page), "--compare-json",
+                        paths["json"], "--backward-json", backward_json,
+                        "--deq-json", str(deq_json)])
+    text = readme.read_text(encoding="utf-8")
+    section = text.split(write_results.DEQ_START)[1].split(write_results.DEQ_END)[0]
+    assert "old" not in text and "\nmiddle\n" in text
+    assert "| 2 | deq |" in section and "| untied-1 |" in section and "0.50" in section
+    assert "| 2 | deq |" not in text.split(write_results.DEQ_START)[0]
+    assert "## DEQ against explicit Transformers" in page.read_text(encoding="utf-8")
+    readme.write_text("no deq markers\n" + text.split(write_results.DEQ_START)[0],
+                      encoding="utf-8")
+    with pytest.raises(SystemExit, match="deq-vs-explicit:start"):
+        write_results.main(["--readme", str(readme), "--deq-json", str(deq_json)])
 
 
 def test_write_results_fails_clearly_without_markers(tmp_path) -> None:

@@ -93,7 +93,7 @@ def test_check_fixed_point_grads_through_as_fixed_point(x64):
 def test_tiny_regression_trains_with_optax():
     xs = inputs((16, D), 3)
     ys = jnp.tanh(xs @ inputs((D, D), 4))  # a random regression target
-    layer = DEQ(Block(D, jax.random.key(0)), max_iter=30, tol=1e-5, return_stats=True)
+    layer = DEQ(Block(D, jax.random.key(0)), max_iter=60, tol=1e-5, return_stats=True)
     optimizer = optax.adam(3e-2)
 
     def loss(layer):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.config import TrainConfig, given_flags
+from models.step import STOPPED_METRICS
 from models.train import _resumed_total
 from tests.models.train_support import run_fast, tiny_config
 
@@ -40,6 +41,17 @@ def test_the_warm_up_steps_run_the_unrolled_stack_then_the_equilibrium(deq_run) 
     for r in train[WARMUP:]:
         assert r["solver_steps"] < 12 and r["backward_steps"] >= 1
         assert r["converged"] == 1.0 and r["backward_converged"] == 1.0
+
+
+def test_the_metrics_say_why_each_forward_solve_stopped(deq_run) -> None:
+    _, records, _, summary = deq_run
+    train = [r for r in records if r["split"] == "train"]
+    # The unrolled warm-up runs its fixed depth (tol = 0): every sequence hits max_iter.
+    for r in train[:WARMUP]:
+        assert r["stopped_max_iter"] == 1.0 and r["converged"] == 0.0, r
+    for r in [*train[WARMUP:], *(r for r in records if r["split"] == "valid")]:
+        assert r["converged"] == 1.0 and all(r[key] == 0.0 for key in STOPPED_METRICS), r
+    assert all(summary[f"valid_{key}"] == 0.0 for key in STOPPED_METRICS)
 
 
 def test_the_audit_compares_the_step_gradient_with_the_exact_one(deq_run) -> None:

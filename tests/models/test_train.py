@@ -23,6 +23,7 @@ from models.checkpoint import (
 )
 from models.config import TrainConfig, build_parser, config_differences, parse_config
 from models.metrics import read_metrics
+from models.step import STOPPED_METRICS
 from models.train import TrainResult, main
 from tests.models.train_support import (
     FAST_XLA_FLAGS,
@@ -186,6 +187,11 @@ def test_straight_run_writes_its_outputs(straight_run) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["valid_bpb"] == pytest.approx(result.valid_bpb)
     assert 0 < result.valid_bpb < 8.5 and 0 < result.unigram_bpb < 8
+    # Every sequence's forward solve ends one way (solvers.Reason): the shares add up to 1.
+    for record in [*records, {k[len("valid_"):]: v for k, v in summary.items()}]:
+        shares = [record["converged"], *(record[key] for key in STOPPED_METRICS)]
+        assert all(0 <= share <= 1 for share in shares), record
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6), record
 
 
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(straight_run, tmp_path: Path) -> None:
