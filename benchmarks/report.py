@@ -128,7 +128,7 @@ def machine() -> dict[str, Any]:
     import jax
 
     info: dict[str, Any] = {
-        "platform": platform.platform(),
+        "platform": f"{platform.system()} {platform.machine()}",
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
@@ -145,7 +145,7 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(info: Mapping[str, Any]) -> str:
-    """One line: ``Linux-… · 2 CPUs · jax 0.x (cpu) · Python 3.11``."""
+    """One line: ``Linux x86_64 · 2 CPUs · jax 0.x (cpu) · Python 3.11``."""
     return (
         f"{info['platform']} · {info['cpu_count']} CPUs · jax {info['jax']} "
         f"({info['backend']}) · Python {info['python']}"
