@@ -11,6 +11,8 @@ Entry points (each prints a markdown table; ``--help`` lists the flags):
   section between its ``<!-- results:start -->`` / ``<!-- results:end -->`` markers.
 * ``python -m benchmarks.deq_vs_explicit`` — the DEQ language model against its explicit
   twins (see that module).
+* ``python -m benchmarks.memory_breakdown`` — the DEQ train step's peak memory with one
+  part of its backward taken away at a time, against the explicit depth-16 stack.
 
 Shared pieces: :mod:`benchmarks.problems` (the problems), :mod:`benchmarks.contenders`
 (registered solvers and peers behind one interface), :mod:`benchmarks.reference` (float64

@@ -133,7 +133,7 @@ def _base(args: argparse.Namespace, steps: int) -> TrainConfig:
     )
 
 
-class _Candidate:
+class Candidate:
     """One model being trained: its compiled step, state and measurements."""
 
     def __init__(self, config: TrainConfig, mesh: Any, batch: jax.Array,
@@ -185,7 +185,7 @@ def _depth_rows(args, mesh, sampler, valid, compiler_options) -> list[dict[str, 
                                        backward_max_iter=depth),
             "explicit": dataclasses.replace(base, model="explicit", depth=depth),
         }
-        candidates = {name: _Candidate(config, mesh, first, compiler_options)
+        candidates = {name: Candidate(config, mesh, first, compiler_options)
                       for name, config in configs.items()}
         with SolveWarnings() as counter:
             for step in range(args.steps):
@@ -221,7 +221,7 @@ def _budget_configs(args: argparse.Namespace, steps: int) -> dict[str, TrainConf
 
 def _step_seconds(config, args, mesh, sampler, counter, compiler_options) -> float:
     """The median time of a training step of ``config`` over ``--calibrate`` steps."""
-    candidate = _Candidate(config, mesh, shard_batch(sampler.batch(0), mesh), compiler_options)
+    candidate = Candidate(config, mesh, shard_batch(sampler.batch(0), mesh), compiler_options)
     for step in range(args.calibrate + 1):
         candidate.train_step(shard_batch(sampler.batch(step), mesh), counter)
     return median(candidate.times[1:])
@@ -244,7 +244,7 @@ def _budget_rows(args, mesh, sampler, valid, compiler_options) -> list[dict[str,
             nominal = {name: _sized(config, _step_seconds(config, args, mesh, sampler, counter,
                                                          compiler_options), args.budget)
                        for name, config in nominal.items()}
-        candidates = {name: _Candidate(config, mesh, first, compiler_options)
+        candidates = {name: Candidate(config, mesh, first, compiler_options)
                       for name, config in nominal.items()}
         done = {name: 0 for name in candidates}
         while True:

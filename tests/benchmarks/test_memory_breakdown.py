@@ -1,0 +1,28 @@
+"""``python -m benchmarks.memory_breakdown --quick`` (in-process): peaks by variant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import memory_breakdown
+
+
+def test_quick_breakdown_orders_the_variants_and_writes_json(tmp_path, capsys) -> None:
+    path = tmp_path / "memory.json"
+    result = memory_breakdown.main(["--quick", "--json", str(path)])
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["(defaults)", "--backward jfb", "--model explicit --depth 16"]
+    defaults, jfb, explicit = rows.values()
+    assert defaults["delta_bytes"] == 0 and explicit["ratio"] == 1.0
+    assert 0 < jfb["peak_bytes"] <= defaults["peak_bytes"]  # JFB keeps no adjoint state
+    assert defaults["peak_bytes"] < explicit["peak_bytes"]  # 16 layers of activations
+    assert defaults["ratio"] == pytest.approx(defaults["peak_bytes"] / explicit["peak_bytes"])
+    assert "| (defaults) |" in capsys.readouterr().out
+    assert json.loads(path.read_text())["rows"][2]["ratio"] == 1.0
+
+
+def test_a_variant_that_is_not_train_flags_is_one_error_line() -> None:
+    with pytest.raises(SystemExit, match="variant '--no-such-flag': not valid"):
+        memory_breakdown.main(["--quick", "--variant=--no-such-flag"])
