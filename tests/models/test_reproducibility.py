@@ -1,9 +1,9 @@
 """Runs reproduce across processes, bit for bit.
 
-Three separate processes train the same small DEQ configuration for 30 steps, with
-different ``PYTHONHASHSEED`` values (and started at different moments, so under different
-load); a third is interrupted by a real SIGINT (Ctrl-C) mid-run and resumed in a fresh
-process. Their ``metrics.jsonl`` loss columns must be identical to the last bit.
+Three separate processes train the same small DEQ configuration for 30 steps, each with its
+own ``PYTHONHASHSEED``: two start together, the third later, beside other work, so under a
+different load. A fourth run is interrupted by a real SIGINT (Ctrl-C) mid-run and resumed in
+a fresh process. All ``metrics.jsonl`` loss columns must be identical to the last bit.
 """
 
 from __future__ import annotations
@@ -56,9 +56,14 @@ def runs(tmp_path_factory) -> dict:
                                  *flags(_config(tmp / "resumed"))], tmp, PYTHONHASHSEED="3")
     results = {name: proc.communicate(timeout=600) + (proc.returncode,)
                for name, proc in {**straight, "interrupted": interrupted}.items()}
-    resumed = start_process([sys.executable, "-m", "models.train", "--resume",
-                             *flags(_config(tmp / "resumed"))], tmp, PYTHONHASHSEED="4")
-    results["resumed"] = resumed.communicate(timeout=600) + (resumed.returncode,)
+    later = {
+        "third": start_process([sys.executable, "-m", "models.train",
+                                *flags(_config(tmp / "third"))], tmp, PYTHONHASHSEED="5"),
+        "resumed": start_process([sys.executable, "-m", "models.train", "--resume",
+                                  *flags(_config(tmp / "resumed"))], tmp, PYTHONHASHSEED="4"),
+    }
+    results.update({name: proc.communicate(timeout=600) + (proc.returncode,)
+                    for name, proc in later.items()})
     return {"tmp": tmp, "results": results}
 
 
@@ -69,7 +74,7 @@ def _columns(run_dir: Path) -> list[tuple]:
 
 def test_three_processes_and_a_resumed_one_agree_bit_for_bit(runs) -> None:
     results, tmp = runs["results"], runs["tmp"]
-    for name in ("first", "second", "resumed"):
+    for name in ("first", "second", "third", "resumed"):
         out, err, code = results[name]
         assert code == 0, (name, err[-2000:])
     out, err, code = results["interrupted"]
@@ -78,4 +83,5 @@ def test_three_processes_and_a_resumed_one_agree_bit_for_bit(runs) -> None:
     first = _columns(tmp / "first")
     assert len([row for row in first if row[0] == "train"]) == STEPS
     assert _columns(tmp / "second") == first
+    assert _columns(tmp / "third") == first
     assert _columns(tmp / "resumed") == first
