@@ -171,10 +171,11 @@ def plot_metrics(
     ax_steps.grid(alpha=0.3)
     for key, label in (("converged", "forward converged"),
                        ("backward_converged", "adjoint converged"),
-                       ("audit_cosine", "audit: cosine to the exact gradient")):
+                       ("audit_cosine", "audit: cosine to the exact gradient"),
+                       ("audit_cosine_converged", "audit, sequences with an equilibrium")):
         steps, values = _steps(train, key)
         if values:
-            style = "o-" if key == "audit_cosine" else "-"
+            style = {"audit_cosine": "o-", "audit_cosine_converged": "x--"}.get(key, "-")
             ax_solves.plot(steps, values, style, lw=0.8, ms=3, label=label)
     ax_solves.set_xlabel("step")
     ax_solves.set_ylabel("share of sequences / cosine")

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from jax.sharding import Mesh
 
 from implicit import compare_gradients
@@ -114,18 +115,20 @@ def _solve_metrics(stats: dict[str, jax.Array]) -> Metrics:
     }
 
 
-LossFn = Callable[[hk.Params, jax.Array, jax.Array], tuple[jax.Array, Any]]
+LossFn = Callable[..., tuple[jax.Array, Any]]  # (params, batch, key, mask=None) -> (L, aux)
 
 
 def training_loss(model: hk.Transformed, config: TrainConfig) -> LossFn:
-    """``loss(params, batch, key) -> (L, (nll, stats, jac_loss))``: the loss of the module
-    docstring on a batch ``(B, T + 1)``, in training mode (dropout from ``key``)."""
+    """``loss(params, batch, key, mask=None) -> (L, (nll, stats, jac_loss))``: the loss of
+    the module docstring on a batch ``(B, T + 1)``, in training mode (dropout from ``key``);
+    ``mask`` ``(B, T)`` keeps only the targets where it is nonzero in the mean NLL."""
     jac_weight = config.jac_reg
 
-    def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+    def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array,
+                mask: jax.Array | None = None) -> tuple[jax.Array, Any]:
         inputs, targets = batch[:, :-1], batch[:, 1:]
         out = model.apply(params, key, inputs, None, True)
-        nll, _ = next_byte_loss(out.logits, targets)
+        nll, _ = next_byte_loss(out.logits, targets, mask)
         loss = nll + jac_weight * out.jac_loss if jac_weight else nll
         return loss, (nll, out.stats, out.jac_loss)
 
@@ -186,20 +189,36 @@ def make_audit_step(
     compiler_options: dict[str, Any] | None = None,
 ) -> Callable[[TrainState, jax.Array], Metrics]:
     """The compiled gradient audit ``audit(state, batch) -> {"audit_cosine",
-    "audit_rel_error", "audit_reference_converged"}``: the training-loss gradient of
-    ``model`` (the configured gradient mode) against that of ``reference`` (the same
-    parameters, tight forward and implicit backward solves), on the batch of ``state``'s
-    step with its dropout key (:func:`implicit.compare_gradients`)."""
+    "audit_rel_error", "audit_reference_converged", "audit_cosine_converged",
+    "audit_rel_error_converged"}``: the training-loss gradient of ``model`` (the configured
+    gradient mode) against that of ``reference`` (the same parameters, tight forward and
+    implicit backward solves), on the batch of ``state``'s step with its dropout key
+    (:func:`implicit.compare_gradients`).
+
+    A sequence whose tight reference solve does not converge has no equilibrium within
+    reach, so no gradient of its loss is exact, and its adjoint can dominate both
+    gradients. The ``*_converged`` pair compares the gradients of the loss over the other
+    sequences only (their NLL; the Jacobian penalty stays whole); it equals the plain pair
+    when every sequence converged, or when none did."""
     configured, exact = training_loss(model, config), training_loss(reference, config)
 
     def audit(state: TrainState, batch: jax.Array) -> Metrics:
         key = step_key(config, state.step)
-        grads = jax.grad(lambda p: configured(p, batch, key)[0])(state.params)
-        reference_grads, (_, stats, _) = jax.grad(
-            lambda p: exact(p, batch, key), has_aux=True)(state.params)
-        result = compare_gradients(grads, reference_grads)
-        return {"audit_cosine": result.cosine, "audit_rel_error": result.relative_error,
-                "audit_reference_converged": jnp.mean(stats["converged"].astype(jnp.float32))}
+
+        def compare(mask: jax.Array | None) -> tuple[Any, jax.Array]:
+            grads = jax.grad(lambda p: configured(p, batch, key, mask)[0])(state.params)
+            reference_grads, (_, stats, _) = jax.grad(
+                lambda p: exact(p, batch, key, mask), has_aux=True)(state.params)
+            return compare_gradients(grads, reference_grads), stats["converged"]
+
+        whole, converged = compare(None)
+        keep = converged | ~jnp.any(converged)
+        mask = jnp.broadcast_to(keep[:, None], (batch.shape[0], batch.shape[1] - 1))
+        kept = lax.cond(jnp.all(keep), lambda: whole, lambda: compare(mask)[0])
+        return {"audit_cosine": whole.cosine, "audit_rel_error": whole.relative_error,
+                "audit_reference_converged": jnp.mean(converged.astype(jnp.float32)),
+                "audit_cosine_converged": kept.cosine,
+                "audit_rel_error_converged": kept.relative_error}
 
     return jax.jit(
         audit,

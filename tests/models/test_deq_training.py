@@ -62,6 +62,8 @@ def test_the_audit_compares_the_step_gradient_with_the_exact_one(deq_run) -> Non
         # a converged implicit gradient: the same direction, to the reference's tolerance
         assert 0.999 < r["audit_cosine"] <= 1 + 1e-6 and r["audit_rel_error"] < 0.05, r
         assert r["audit_reference_converged"] == 1.0
+        assert r["audit_cosine_converged"] == r["audit_cosine"]  # nothing to leave out
+        assert r["audit_rel_error_converged"] == r["audit_rel_error"]
     assert summary["audit"]["count"] == len(audited)
     assert math.isclose(summary["audit"]["cosine_last"], audited[-1]["audit_cosine"])
 
