@@ -343,9 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the markdown tables, write ``--json``; return the result."""
     args = build_parser().parse_args(argv)
     result = run(args)
-    print(render(result))
-    if args.json:
-        report.write_json(args.json, result)
+    report.publish(render(result), result, args.json)
     return result
 
 

@@ -135,9 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    print(render(result))
-    if args.json:
-        report.write_json(args.json, result)
+    report.publish(render(result), result, args.json)
     return result
 
 

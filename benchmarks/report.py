@@ -106,6 +106,13 @@ def write_csv(path: str, rows: Sequence[Row], keys: Sequence[str]) -> None:
             writer.writerow(["" if row.get(k) is None else row.get(k) for k in keys])
 
 
+def publish(table: str, result: Mapping[str, Any], json_path: Any) -> None:
+    """Print an entry point's markdown; write its ``result`` to ``--json`` when asked."""
+    print(table)
+    if json_path:
+        write_json(json_path, result)
+
+
 def emit(
     result: Mapping[str, Any], table: str, json_path: Any, csv_path: Any, csv_keys: Sequence[str]
 ) -> None:

@@ -76,7 +76,8 @@ class LMOutput(NamedTuple):
     Attributes:
       logits: ``(batch, seq, vocab)`` next-byte logits.
       stats: per-sample solve statistics, ``{"steps", "fevals", "abs_residual",
-        "rel_residual", "converged"}``, each of shape ``(batch,)``. For the DEQ they come from
+        "rel_residual", "converged", "reason"}`` (:data:`SOLVE_STAT_KEYS`), each of shape
+        ``(batch,)``. For the DEQ they come from
         the forward solver; for an explicit stack ``steps`` and ``fevals`` are its depth and
         the residuals are those of its last layer, ``‖zᴰ − zᴰ⁻¹‖`` and
         ``‖zᴰ − zᴰ⁻¹‖ / ‖zᴰ‖``.
