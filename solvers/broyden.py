@@ -13,10 +13,9 @@ good-Broyden (Sherman–Morrison) update is
 
 Cost: ``J⁻¹ g(z) = −d`` is already known, so ``J⁻¹ Δg = J⁻¹ g(z⁺) + d`` and the next
 direction ``d⁺ = −(J⁻¹ g(z⁺) + u (vᴴ g(z⁺)))`` need no extra pass: an iteration
-reads the stored terms twice, plus one evaluation of ``f``. The products only run over
-the slots that hold terms so far, rounded up to 4, 8 or 16 (the algebra is compiled for
-each size): a solve that converges in a few iterations, as the DEQ solves do, never
-touches the rest of its ``history``.
+reads the stored terms twice, plus one evaluation of ``f``. The ``u`` and ``v`` of the
+terms share one buffer, so each of the two passes is a single batched product
+(``Uᴴ Δz`` with ``Vᴴ g(z⁺)``, then ``V (Uᴴ Δz)`` with ``U (Vᴴ g(z⁺))``).
 
 Safeguards:
 * when the buffer is full, the slot of the newest term is reused, so the earliest
@@ -32,19 +31,22 @@ Safeguards:
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
 
-``history`` is capped at the problem size and at ``max_iter``.
+``history`` is capped at the problem size and at ``max_iter``. The buffers start with
+``initial_history`` slots and grow to ``history`` only when a solve fills them
+(:attr:`solvers.loop.Rule.grow`): a solve that stops within a few iterations never
+allocates, zero-fills or touches the full ``O(history · size)`` buffers, which for a
+DEQ block cost more than the iterations themselves.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from solvers.loop import FlatMap, Matrix, Rule, bounded_while
-from solvers.options import Option, choice, flag, positive_int
+from solvers.options import Option, choice, flag, nonnegative_int, positive_int
 from solvers.pytree import row_norms
 from solvers.solver import rule_solver
 
@@ -53,22 +55,15 @@ FULL_STEP_REJECTIONS = 2  # rejections in a row after which trials start to shri
 MIN_STEP = 2.0**-10  # the shortest trial, as a fraction of the direction
 
 
+U, V = 0, 1  # where the u and the v of the terms sit on axis 1 of BroydenState.terms
+
+
 class BroydenState(NamedTuple):
-    u: jax.Array  # (batch, history, size): the u of each stored rank-one term
-    v: jax.Array  # (batch, history, size): the v of each stored rank-one term
+    terms: jax.Array  # (batch, 2, history, size): the u (index U) and v (index V) of each term
     direction: Matrix  # d = −J⁻¹ g(z) at the current point
     rejections: jax.Array  # (batch,): trial points rejected in a row
     slot: jax.Array  # the buffer slot the next term goes to
     filled: jax.Array  # how many slots hold terms (the rest are zero)
-
-
-FILLING_SIZES = (4, 8, 16)  # while the buffer fills, the algebra covers the smallest that fits
-
-
-def _sizes(history: int) -> tuple[int, ...]:
-    """The numbers of stored terms the algebra is compiled for: the filling sizes below
-    ``history``, then ``history`` itself."""
-    return tuple(size for size in FILLING_SIZES if size < history) + (history,)
 
 
 def _vdot_rows(a: Matrix, b: Matrix) -> jax.Array:
@@ -134,21 +129,21 @@ class _Update(NamedTuple):
 
 
 def _update(
-    state: BroydenState, terms: int, z_step: Matrix, g: Matrix, g_new: Matrix,
-    active: jax.Array, max_increase: float,
+    state: BroydenState, z_step: Matrix, g: Matrix, g_new: Matrix, active: jax.Array,
+    max_increase: float,
 ) -> _Update:
-    """The good-Broyden update from the first ``terms`` stored terms (the others are zero)."""
-    u_buf, v_buf = state.u[:, :terms], state.v[:, :terms]
-    kept = (jnp.arange(terms) != state.slot).astype(g.dtype)
+    """The good-Broyden update from the stored terms (unfilled slots are zero)."""
+    terms = state.terms
+    kept = (jnp.arange(terms.shape[2]) != state.slot).astype(g.dtype)
     # Remove the term in the slot about to be written (zero while the buffer fills),
     # so every product below uses the same inverse J⁻¹' = J⁻¹ − u_old v_oldᴴ.
-    u_old, v_old = state.u[:, state.slot], state.v[:, state.slot]
-    direction = state.direction
-    inv_j_g = -direction - u_old * _vdot_rows(v_old, g)
-    coeff_g = jnp.einsum("bmn,bn->bm", jnp.conj(v_buf), g_new) * kept
-    coeff_dz = jnp.einsum("bmn,bn->bm", jnp.conj(u_buf), z_step) * kept
-    inv_j_g_new = jnp.einsum("bm,bmn->bn", coeff_g, u_buf) - g_new
-    v = jnp.einsum("bm,bmn->bn", coeff_dz, v_buf) - z_step
+    old = terms[:, :, state.slot]
+    inv_j_g = -state.direction - old[:, U] * _vdot_rows(old[:, V], g)
+    # Pass 1: (Uᴴ Δz, Vᴴ g⁺); pass 2: (V (Uᴴ Δz), U (Vᴴ g⁺)), each one batched product.
+    coeff = jnp.einsum("bkmn,bkn->bkm", jnp.conj(terms), jnp.stack([z_step, g_new], axis=1))
+    combined = jnp.einsum("bkm,bkmn->bkn", coeff[:, ::-1] * kept, terms)
+    inv_j_g_new = combined[:, U] - g_new
+    v = combined[:, V] - z_step
     dg = g_new - g
     denominator = _vdot_rows(v, dg)
     usable = jnp.isfinite(denominator) & (jnp.abs(denominator) > jnp.finfo(g.dtype).tiny)
@@ -169,33 +164,49 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
     keep_earliest = options["when_full"] == "replace_newest"
     max_increase = float(options["max_increase"])
 
-    def init(z: Matrix, fz: Matrix) -> BroydenState:
+    def full_history(size: int) -> int:
+        return max(1, min(options["history"], options["max_iter"], size))
+
+    def init(z: Matrix, fz: Matrix, slots: Optional[int] = None) -> BroydenState:
         batch, size = z.shape
-        history = max(1, min(options["history"], options["max_iter"], size))
-        buffers = jnp.zeros((batch, history, size), z.dtype)
+        history = full_history(size)
+        if slots is None:
+            slots = min(options["initial_history"] or history, history)
+        terms = jnp.zeros((batch, 2, slots, size), z.dtype)
         rejections = jnp.zeros((batch,), jnp.int32)
         zero = jnp.zeros((), jnp.int32)
-        return BroydenState(buffers, buffers, fz - z, rejections, zero, zero)
+        return BroydenState(terms, fz - z, rejections, zero, zero)
+
+    def room(state: BroydenState) -> jax.Array:
+        return state.filled < state.terms.shape[2]
+
+    def grow(state: BroydenState) -> Optional[BroydenState]:
+        """The state in buffers of ``history`` slots (``None`` if they already are); the
+        next term goes to the first new slot. Only called on a state that never wrapped."""
+        slots, size = state.terms.shape[2:]
+        if slots >= full_history(size):
+            return None
+        pad = ((0, 0), (0, 0), (0, full_history(size) - slots), (0, 0))
+        return state._replace(terms=jnp.pad(state.terms, pad), slot=state.filled)
 
     def warm(prior: BroydenState, z: Matrix, fz: Matrix) -> BroydenState:
         """Start from ``prior``'s terms (kept in front of this solve's own ``history``
         slots), with the first direction ``d = −J⁻¹ g(z)`` of that inverse."""
-        own = init(z, fz)
-        u = jnp.concatenate([prior.u.astype(z.dtype), own.u], axis=1)
-        v = jnp.concatenate([prior.v.astype(z.dtype), own.v], axis=1)
+        own = init(z, fz, slots=full_history(z.shape[1]))
+        terms = jnp.concatenate([prior.terms.astype(z.dtype), own.terms], axis=2)
         g = fz - z
-        inv_j_g = jnp.einsum("bm,bmn->bn", jnp.einsum("bmn,bn->bm", jnp.conj(v), g), u) - g
-        start = jnp.asarray(prior.u.shape[1], jnp.int32)
-        return BroydenState(u, v, -inv_j_g, own.rejections, start, start)
+        coeff = jnp.einsum("bmn,bn->bm", jnp.conj(terms[:, V]), g)
+        inv_j_g = jnp.einsum("bm,bmn->bn", coeff, terms[:, U]) - g
+        start = jnp.asarray(prior.terms.shape[2], jnp.int32)
+        return BroydenState(terms, -inv_j_g, own.rejections, start, start)
 
     def transpose(state: BroydenState) -> BroydenState:
         """The terms of ``(J⁻¹)ᵀ = −I + Σ conj(vᵢ) conj(uᵢ)ᴴ``: the prior of the adjoint."""
-        return state._replace(u=jnp.conj(state.v), v=jnp.conj(state.u))
+        return state._replace(terms=jnp.conj(state.terms[:, ::-1]))
 
     def restart(state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
-        keep = ~rows[:, None, None]
         return state._replace(
-            u=jnp.where(keep, state.u, 0), v=jnp.where(keep, state.v, 0),
+            terms=jnp.where(rows[:, None, None, None], 0, state.terms),
             direction=jnp.where(rows[:, None], fz - z, state.direction),
             rejections=jnp.where(rows, 0, state.rejections),
         )
@@ -203,7 +214,6 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
     def step(
         f: FlatMap, z: Matrix, fz: Matrix, state: BroydenState, active: jax.Array
     ) -> tuple[Matrix, Matrix, BroydenState, jax.Array]:
-        history = state.u.shape[1]
         g = fz - z
         direction = state.direction
         if options["line_search"]:
@@ -219,24 +229,14 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
             fz_new = f(z_new)
             fevals = jnp.ones(z.shape[:1], jnp.int32)
         g_new = fz_new - z_new
-
-        def update(terms: int) -> Callable[[None], _Update]:
-            return lambda _: _update(state, terms, z_new - z, g, g_new, active, max_increase)
-
-        sizes = _sizes(history)
-        if len(sizes) > 1:
-            # Run the algebra over the slots that hold terms (and the one written next) only.
-            index = jnp.sum(jnp.asarray(sizes[:-1]) <= state.filled)
-            new = lax.switch(index, [update(size) for size in sizes], None)
-        else:
-            new = update(history)(None)
+        new = _update(state, z_new - z, g, g_new, active, max_increase)
+        history = state.terms.shape[2]
         if keep_earliest:
             next_slot = jnp.minimum(state.slot + 1, history - 1)
         else:
             next_slot = (state.slot + 1) % history
         new_state = BroydenState(
-            u=state.u.at[:, state.slot].set(new.u),
-            v=state.v.at[:, state.slot].set(new.v),
+            terms=state.terms.at[:, :, state.slot].set(jnp.stack([new.u, new.v], axis=1)),
             direction=new.direction,
             rejections=jnp.where(new.accept, 0, state.rejections + 1),
             slot=next_slot,
@@ -246,13 +246,18 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         fz_next = jnp.where(new.accept[:, None], fz_new, fz)
         return z_next, fz_next, new_state, fevals
 
-    return Rule(init, step, restart, warm, transpose)
+    return Rule(init, step, restart, warm, transpose, room, grow)
 
 
 broyden = rule_solver(
     "broyden",
     {
         "history": positive_int(30, "rank-one terms kept in the inverse-Jacobian ring buffer"),
+        "initial_history": nonnegative_int(
+            8,
+            "slots the buffers start with; they grow to history only when a solve fills "
+            "them (0: all history slots from the start)",
+        ),
         "when_full": choice(
             "replace_newest",
             ("replace_newest", "replace_oldest"),

@@ -68,7 +68,13 @@ class Rule(NamedTuple):
     * ``warm(prior, z, fz) -> state`` starts from what an earlier solve of a related
       problem learned (its final state ``prior``: for Broyden, an estimate of the
       inverse Jacobian), and ``transpose(state) -> state`` turns a final state into the
-      prior for the transposed linear problem (the adjoint of a fixed point).
+      prior for the transposed linear problem (the adjoint of a fixed point);
+    * ``room(state) -> bool`` and ``grow(state) -> state | None`` let a rule start with
+      small buffers: the loop steps while ``room`` holds, then (only if some row is
+      still active) continues with ``grow(state)``, the same state in larger buffers;
+      ``grow`` returns ``None`` (decided from shapes alone) once the state is full size.
+      Each size compiles the loop body once more; a solve that stops early never
+      allocates or touches the larger buffers.
     """
 
     init: Callable[[Matrix, Matrix], Any]
@@ -76,6 +82,8 @@ class Rule(NamedTuple):
     restart: Optional[Callable[[Any, Matrix, Matrix, jax.Array], Any]] = None
     warm: Optional[Callable[[Any, Matrix, Matrix], Any]] = None
     transpose: Optional[Callable[[Any], Any]] = None
+    room: Optional[Callable[[Any], jax.Array]] = None
+    grow: Optional[Callable[[Any], Optional[Any]]] = None
 
 
 class LoopOptions(NamedTuple):
@@ -216,7 +224,7 @@ def iterate(
         z=z0,
         fz=fz0,
         states=(rule.init(z0, fz0) if prior is None else rule.warm(prior, z0, fz0),
-                *(r.init(z0, fz0) for r in rules[1:])),
+                *(_full_size(r, r.init(z0, fz0)) for r in rules[1:])),
         phase=jnp.zeros((batch,), jnp.int32),
         active=finite0 & (res0 > options.tol),
         reason=reason0,
@@ -284,9 +292,7 @@ def iterate(
             return new
         return _switch_to_fallback(new, failed & (c.phase == 0), fallback, window)
 
-    carry = bounded_while(
-        lambda c: jnp.any(c.active), body, carry, options.max_iter, options.fixed_length
-    )
+    carry = _run_growing(rule, body, carry, options)
     columns = jnp.arange(options.max_iter + 1)
     trace = jnp.where(columns[None, :] > carry.k, carry.best[:, None], carry.trace)
     stats = Stats(
@@ -299,6 +305,55 @@ def iterate(
         reason=carry.reason,
     )
     return carry.best_z, stats, carry.states[0]
+
+
+def _full_size(rule: Rule, state: Any) -> Any:
+    """``state`` grown to its full size (for loops that cannot grow it on the way)."""
+    while rule.grow is not None and (bigger := rule.grow(state)) is not None:
+        state = bigger
+    return state
+
+
+def _with_state(c: _Carry, state: Any) -> _Carry:
+    return c._replace(states=(state, *c.states[1:]))
+
+
+def _run_growing(
+    rule: Rule, body: Callable[[_Carry], _Carry], carry: _Carry, options: LoopOptions
+) -> _Carry:
+    """Run ``body`` until every row stops or ``max_iter`` iterations, growing the first
+    rule's state (``Rule.room``, ``Rule.grow``) whenever it is full and a row is active.
+
+    A fixed-length loop (a ``lax.scan``, for reverse mode) cannot change its carry's
+    shapes, so there the state starts at full size.
+    """
+
+    def grown(c: _Carry) -> Optional[_Carry]:
+        bigger = rule.grow(c.states[0]) if rule.grow is not None else None
+        return None if bigger is None else _with_state(c, bigger)
+
+    if options.fixed_length:
+        carry = _with_state(carry, _full_size(rule, carry.states[0]))
+        return bounded_while(lambda c: jnp.any(c.active), body, carry, options.max_iter, True)
+
+    def run(c: _Carry) -> _Carry:
+        full = grown(c) is None  # decided from shapes, while tracing
+
+        def going(c: _Carry) -> jax.Array:
+            going = jnp.any(c.active) & (c.k < options.max_iter)
+            return going if full else going & rule.room(c.states[0])
+
+        return bounded_while(going, body, c, options.max_iter, False)
+
+    carry = run(carry)
+    while grown(carry) is not None:
+        carry = lax.cond(
+            jnp.any(carry.active) & (carry.k < options.max_iter),
+            lambda c: run(grown(c)),
+            grown,
+            carry,
+        )
+    return carry
 
 
 def _switch_to_fallback(c: _Carry, rows: jax.Array, fallback: Rule, window: int) -> _Carry:
