@@ -14,7 +14,7 @@ diagonal) with a ridge *relative* to that scaled matrix, ``(Ĝ + λ I) γ̂ = ĉ
 absolute ridge, it never dominates the system when the residuals become small, so the
 iteration keeps converging in float32 down to the precision of ``f``. Cost per
 iteration: one evaluation of ``f``, one pass over ``ΔG`` (both inner products of the
-step at once) and one over ``ΔZ + β ΔG``, plus an ``m × m`` Cholesky solve per row.
+new column at once) and one over ``ΔZ + β ΔG``, plus an ``m × m`` Cholesky solve per row.
 
 Safeguards, per row:
 
@@ -45,10 +45,9 @@ class AndersonState(NamedTuple):
     dg: jax.Array  # (batch, history, size): ΔG columns, g(z_{j+1}) − g(z_j)
     du: jax.Array  # (batch, history, size): ΔZ + β ΔG columns
     gram: jax.Array  # (batch, history, history): ΔGᴴ ΔG
+    coeff: jax.Array  # (batch, history): ΔGᴴ g at the current point
     valid: jax.Array  # (batch, history): the columns each row may use
-    z_prev: Matrix  # the previous iterate and its residual
-    g_prev: Matrix
-    has_prev: jax.Array  # (batch,)
+    g_prev_norm: jax.Array  # (batch,): ‖g‖ at the previous point (inf: none)
     slot: jax.Array  # the column the next difference goes to (shared ring)
 
 
@@ -58,7 +57,13 @@ def _dot_rows(a: Matrix, b: Matrix) -> jax.Array:
 
 
 def anderson_rule(options: Mapping[str, Any]) -> Rule:
-    """The :class:`Rule` of safeguarded type-II Anderson (see the module docstring)."""
+    """The :class:`Rule` of safeguarded type-II Anderson (see the module docstring).
+
+    A step solves for ``γ`` with the columns and inner products it finds in the state,
+    moves, evaluates ``f``, and then stores the difference to the new point with its inner
+    products, ready for the next step: so no previous iterate is carried (and copied)
+    from one step to the next.
+    """
     beta = float(options["mixing"])
     ridge = float(options["ridge"])
     max_increase = float(options["max_increase"])
@@ -67,18 +72,17 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
         batch, size = z.shape
         m = max(1, min(options["history"], options["max_iter"], size))
         buffers = jnp.zeros((batch, m, size), z.dtype)
+        real = jnp.finfo(z.dtype).dtype
         return AndersonState(
             dg=buffers, du=buffers, gram=jnp.zeros((batch, m, m), z.dtype),
-            valid=jnp.zeros((batch, m), bool), z_prev=z, g_prev=fz - z,
-            has_prev=jnp.zeros((batch,), bool), slot=jnp.zeros((), jnp.int32),
+            coeff=jnp.zeros((batch, m), z.dtype), valid=jnp.zeros((batch, m), bool),
+            g_prev_norm=jnp.full((batch,), jnp.inf, real), slot=jnp.zeros((), jnp.int32),
         )
 
     def restart(state: AndersonState, z: Matrix, fz: Matrix, rows: jax.Array) -> AndersonState:
         return state._replace(
             valid=state.valid & ~rows[:, None],
-            z_prev=jnp.where(rows[:, None], z, state.z_prev),
-            g_prev=jnp.where(rows[:, None], fz - z, state.g_prev),
-            has_prev=state.has_prev & ~rows,
+            g_prev_norm=jnp.where(rows, jnp.inf, state.g_prev_norm),
         )
 
     def step(
@@ -87,27 +91,12 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
         m = state.dg.shape[1]
         real = jnp.finfo(z.dtype).dtype
         g = fz - z
-        s = state.slot
-        # The newest difference column, from the previous iterate to this one.
-        dz, dg_new = z - state.z_prev, g - state.g_prev
-        dg_norm2 = jnp.real(_dot_rows(dg_new, dg_new))
-        fresh = state.has_prev & jnp.isfinite(dg_norm2) & (dg_norm2 > 0)
-        fresh = fresh & jnp.all(jnp.isfinite(dz), axis=1)
-        dg_new = jnp.where(fresh[:, None], dg_new, 0)
-        # The inner products of every stored column with g and with Δg.
-        conj_dg = jnp.conj(state.dg)
-        c_g = jnp.einsum("bmn,bn->bm", conj_dg, g)
-        c_dg = jnp.einsum("bmn,bn->bm", conj_dg, dg_new)
-        dg = state.dg.at[:, s].set(dg_new)
-        du = state.du.at[:, s].set(jnp.where(fresh[:, None], dz + beta * dg_new, 0))
-        column = c_dg.at[:, s].set(dg_norm2.astype(z.dtype))  # ΔGᴴ Δg, new column included
-        gram = state.gram.at[:, :, s].set(column).at[:, s, :].set(jnp.conj(column))
-        c = c_g.at[:, s].set(_dot_rows(dg_new, g))
-        newest = jnp.arange(m) == s
-        valid = jnp.where(newest[None, :], fresh[:, None], state.valid)
+        gram, c, valid = state.gram, state.coeff, state.valid
+        newest = jnp.arange(m) == (state.slot - 1) % m  # the column stored last step
 
         # Solve (Ĝ + λ I) γ̂ = ĉ with Ĝ = D⁻¹ G D⁻¹ (unit diagonal), γ = D⁻¹ γ̂.
-        scale = jnp.sqrt(jnp.maximum(jnp.real(jnp.diagonal(gram, axis1=1, axis2=2)), 0))
+        diagonal = jnp.real(jnp.diagonal(gram, axis1=1, axis2=2))
+        scale = jnp.sqrt(jnp.maximum(diagonal, 0))
         scale = jnp.where(valid & (scale > 0), scale, 1).astype(real)
         pair = valid[:, :, None] & valid[:, None, :]
         eye = jnp.eye(m, dtype=z.dtype)
@@ -120,23 +109,42 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
 
         # A restarted row keeps only the newest column: one secant step, γ_s = Δgᴴg / ‖Δg‖².
         g_norm = jnp.sqrt(jnp.real(_dot_rows(g, g)))
-        g_prev_norm = jnp.sqrt(jnp.real(_dot_rows(state.g_prev, state.g_prev)))
-        raised = state.has_prev & (g_norm > max_increase * g_prev_norm)
+        raised = g_norm > max_increase * state.g_prev_norm
         ill = ~(condition <= max_condition(options, z.dtype))  # NaN counts as ill
         restart_rows = raised | ill | ~jnp.all(jnp.isfinite(gamma), axis=1)
-        secant = c[:, s] / jnp.where(fresh, dg_norm2 * (1 + ridge), 1).astype(z.dtype)
-        only_newest = newest[None, :] & fresh[:, None]
+        only_newest = newest[None, :] & valid
+        newest_norm2 = jnp.sum(jnp.where(only_newest, diagonal, 0), axis=1)
+        secant = jnp.sum(jnp.where(only_newest, c, 0), axis=1) / jnp.where(
+            newest_norm2 > 0, newest_norm2 * (1 + ridge), 1).astype(z.dtype)
         gamma = jnp.where(restart_rows[:, None], jnp.where(only_newest, secant[:, None], 0), gamma)
         valid = jnp.where(restart_rows[:, None], only_newest, valid)
 
         plain = z + beta * g
-        z_new = plain - jnp.einsum("bmn,bm->bn", du, gamma)  # one pass over ΔZ + β ΔG
+        z_new = plain - jnp.einsum("bmn,bm->bn", state.du, gamma)  # one pass over ΔZ + β ΔG
         z_new = jnp.where(jnp.all(jnp.isfinite(z_new), axis=1, keepdims=True), z_new, plain)
+        fz_new = f(z_new)
+
+        # Store the difference to the new point, with its inner products for the next step.
+        s = state.slot
+        g_new = fz_new - z_new
+        dz, dg_new = z_new - z, g_new - g
+        dg_norm2 = jnp.real(_dot_rows(dg_new, dg_new))
+        fresh = active & jnp.isfinite(dg_norm2) & (dg_norm2 > 0)
+        fresh = fresh & jnp.all(jnp.isfinite(dz), axis=1)
+        dg_new = jnp.where(fresh[:, None], dg_new, 0)
+        dg = state.dg.at[:, s].set(dg_new)
+        du = state.du.at[:, s].set(jnp.where(fresh[:, None], dz + beta * dg_new, 0))
+        # Read from the updated buffer, so XLA updates it in place instead of copying it.
+        conj_dg = jnp.conj(dg)
+        c_new = jnp.einsum("bmn,bn->bm", conj_dg, g_new)  # ΔGᴴ g at the new point
+        column = jnp.einsum("bmn,bn->bm", conj_dg, dg_new).at[:, s].set(dg_norm2.astype(z.dtype))
+        gram = gram.at[:, :, s].set(column).at[:, s, :].set(jnp.conj(column))  # ΔGᴴ ΔG
+        valid = jnp.where((jnp.arange(m) == s)[None, :], fresh[:, None], valid)
         new_state = AndersonState(
-            dg=dg, du=du, gram=gram, valid=valid, z_prev=z, g_prev=g,
-            has_prev=state.has_prev | active, slot=(s + 1) % m,
+            dg=dg, du=du, gram=gram, coeff=c_new, valid=valid,
+            g_prev_norm=jnp.where(active, g_norm, state.g_prev_norm), slot=(s + 1) % m,
         )
-        return z_new, f(z_new), new_state, jnp.ones(z.shape[:1], jnp.int32)
+        return z_new, fz_new, new_state, jnp.ones(z.shape[:1], jnp.int32)
 
     return Rule(init, step, restart)
 
