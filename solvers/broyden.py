@@ -34,8 +34,8 @@ Safeguards:
 ``history`` is capped at the problem size and at ``max_iter``. The buffers start with
 ``initial_history`` slots and grow to ``history`` only when a solve fills them
 (:attr:`solvers.loop.Rule.grow`): a solve that stops within a few iterations never
-allocates, zero-fills or touches the full ``O(history · size)`` buffers, which for a
-DEQ block cost more than the iterations themselves.
+allocates, zero-fills or touches the full ``O(history · size)`` buffers (for a DEQ
+block that converges in a few iterations, clearing them was a large part of the solve).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ The loop solves ``z = f(z)`` for a ``(batch, size)`` matrix of independent rows
   one was seen and a runaway one never is;
 * a fallback: with a second rule, a row that stalls, diverges or goes non-finite
   continues from its best iterate under that rule, within the same ``max_iter``;
+* growing state: a rule may start with small buffers and have the loop move it into
+  larger ones only when they fill while a row is still active (:class:`Rule`);
 * statistics (:class:`solvers.types.Stats`), per row.
 """
 
