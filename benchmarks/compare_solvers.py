@@ -4,6 +4,8 @@
     python -m benchmarks.compare_solvers --quick         # under a minute: a smoke run
     python -m benchmarks.compare_solvers --problems slow-modes --dims 1024 --json out.json
     python -m benchmarks.compare_solvers --problem mypkg.layers:make_problem
+    python -m benchmarks.compare_solvers --solvers broyden --no-peers \
+        --variant broyden_full=broyden --solver-option broyden_full:initial_history=0
 
 For every problem (:mod:`benchmarks.problems`) at every size and every contender
 (:mod:`benchmarks.contenders`: each registered solver, then jaxopt's and optimistix's
@@ -126,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-peers", action="store_true", help="registered solvers only")
     parser.add_argument("--solver-option", action="append", default=[],
                         metavar="NAME:KEY=VALUE",
-                        help="an option for a registered solver, e.g. broyden:history=60")
+                        help="an option for a registered solver or a --variant label, e.g. "
+                        "broyden:history=60")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SOLVER",
+                        help="one more row of a registered solver under its own label, for its "
+                        "own --solver-option LABEL:KEY=VALUE (the same solver with other "
+                        "options, timed side by side), e.g. broyden_full=broyden")
     parser.add_argument("--dense-max-dim", type=int, default=256,
                         help="largest d for the dense-Jacobian peers (optx.Newton, optx.Chord)")
     parser.add_argument("--dense-grad-max-dim", type=int, default=2048,
@@ -151,6 +158,7 @@ class Config:
     common: cli.Common
     settings: contenders_lib.Settings
     solvers: Optional[tuple[str, ...]]
+    variants: tuple[str, ...]
     peers: bool
     grad: bool
     checkpoint: Optional[str]
@@ -167,7 +175,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
     return Config(
         common=common, settings=settings,
-        solvers=tuple(args.solvers) if args.solvers else None, peers=not args.no_peers,
+        solvers=tuple(args.solvers) if args.solvers else None, variants=tuple(args.variant),
+        peers=not args.no_peers,
         grad=not args.no_grad, checkpoint=args.checkpoint,
         plots=None if args.no_plots else args.plots,
         peer_traces=not (args.no_peer_traces or common.quick),
@@ -409,8 +418,9 @@ def run(config: Config) -> dict[str, Any]:
 
     start = time.perf_counter()
     notes: list[str] = []
-    contenders = contenders_lib.select(
-        contenders_lib.all_contenders(config.peers), list(config.solvers or []))
+    every = contenders_lib.all_contenders(config.peers)
+    contenders = contenders_lib.select(every, list(config.solvers or []))
+    contenders += contenders_lib.variants(config.variants, [c.name for c in every])
     common = config.common
     problems = cli.build_problems(common, notes, config.checkpoint)
     rows: list[dict[str, Any]] = []

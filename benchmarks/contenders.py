@@ -40,7 +40,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -113,13 +113,19 @@ class Contender:
 
 
 class Registered(Contender):
-    """A solver from :func:`solvers.available`, run on the batched ``f`` with ``batch_axis=0``."""
+    """A solver from :func:`solvers.available`, run on the batched ``f`` with ``batch_axis=0``.
+
+    ``name`` labels the row and keys its options in :attr:`Settings.solver_options`;
+    ``solver`` is the registry name it runs (default: ``name``), so one solver can appear
+    twice with different options (``compare_solvers --variant LABEL=SOLVER``).
+    """
 
     kind = "registry"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, solver: Optional[str] = None) -> None:
         self.name = name
-        self.description = f"solvers.get({name!r}, ...), batch_axis=0"
+        self.solver = solver or name
+        self.description = f"solvers.get({self.solver!r}, ...), batch_axis=0"
 
     def options(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -128,7 +134,7 @@ class Registered(Contender):
         }
 
     def forward(self, problem: Problem, ref: Reference, settings: Settings) -> Fn:
-        solve = solvers.get(self.name, **self.options(settings))
+        solve = solvers.get(self.solver, **self.options(settings))
 
         def run(z0: PyTree, *args: PyTree) -> Forward:
             sol = solve(problem.f, z0, *args)
@@ -142,7 +148,7 @@ class Registered(Contender):
 
         def value(z0: PyTree, *args: PyTree) -> PyTree:
             return fixed_point(
-                problem.f, z0, *args, solver=self.name, solver_options=options,
+                problem.f, z0, *args, solver=self.solver, solver_options=options,
                 backward="implicit",
             ).value
 
@@ -353,6 +359,26 @@ def all_contenders(include_peers: bool = True) -> list[Contender]:
     """Every registered solver (sorted by name), then the installed peers."""
     registered: list[Contender] = [Registered(name) for name in solvers.available()]
     return registered + (peers() if include_peers else [])
+
+
+def variants(specs: Sequence[str], taken: Sequence[str]) -> list[Contender]:
+    """``["LABEL=SOLVER", ...]`` → a :class:`Registered` row per spec, labelled ``LABEL``
+    and running registry solver ``SOLVER``; bad specs, unknown solvers and labels that
+    are already taken raise ``ValueError``."""
+    found: list[Contender] = []
+    used = set(taken)
+    for spec in specs:
+        label, sep, solver = spec.partition("=")
+        if not sep or not label or not solver:
+            raise ValueError(f"--variant expects LABEL=SOLVER, got {spec!r}")
+        if solver not in solvers.available():
+            raise ValueError(f"--variant {spec!r}: unknown solver {solver!r}; available: "
+                             f"{', '.join(solvers.available())}")
+        if label in used:
+            raise ValueError(f"--variant {spec!r}: the label {label!r} is already a contender")
+        used.add(label)
+        found.append(Registered(label, solver))
+    return found
 
 
 def select(contenders: list[Contender], names: Optional[list[str]]) -> list[Contender]:

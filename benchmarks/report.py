@@ -117,10 +117,7 @@ def emit(
     result: Mapping[str, Any], table: str, json_path: Any, csv_path: Any, csv_keys: Sequence[str]
 ) -> None:
     """Print an entry point's table and run time; write ``--json`` and ``--csv`` when asked."""
-    print(table)
-    print(f"\n({result['seconds']:.0f} s)")
-    if json_path:
-        write_json(json_path, result)
+    publish(f"{table}\n\n({result['seconds']:.0f} s)", result, json_path)
     if csv_path:
         write_csv(csv_path, result["rows"], csv_keys)
 

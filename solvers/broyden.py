@@ -61,6 +61,7 @@ U, V = 0, 1  # where the u and the v of the terms sit on axis 1 of BroydenState.
 class BroydenState(NamedTuple):
     terms: jax.Array  # (batch, 2, history, size): the u (index U) and v (index V) of each term
     direction: Matrix  # d = −J⁻¹ g(z) at the current point
+    g_norm2: jax.Array  # (batch,): ‖g(z)‖² at the current point (kept, not recomputed)
     rejections: jax.Array  # (batch,): trial points rejected in a row
     slot: jax.Array  # the buffer slot the next term goes to
     filled: jax.Array  # how many slots hold terms (the rest are zero)
@@ -125,6 +126,7 @@ class _Update(NamedTuple):
     u: Matrix  # the new rank-one term (zero where it is dropped)
     v: Matrix
     direction: Matrix  # d⁺ at the point the row moves to
+    g_norm2: jax.Array  # (batch,): ‖g‖² at the point the row moves to
     accept: jax.Array  # (batch,): whether the row moves to the trial point
 
 
@@ -151,12 +153,13 @@ def _update(
     keep = (active[:, None] & usable) & jnp.all(jnp.isfinite(u) & jnp.isfinite(v), axis=1,
                                                 keepdims=True)
     u, v = jnp.where(keep, u, 0), jnp.where(keep, v, 0)
-    accept = _sum_squares_rows(g_new) <= max_increase**2 * _sum_squares_rows(g)
+    g_new_norm2 = _sum_squares_rows(g_new)
+    accept = g_new_norm2 <= max_increase**2 * state.g_norm2
     g_next = jnp.where(accept[:, None], g_new, g)
     inv_j_g_next = jnp.where(accept[:, None], inv_j_g_new, inv_j_g)
     next_direction = -(inv_j_g_next + u * _vdot_rows(v, g_next))
     next_direction = jnp.where(jnp.isfinite(next_direction), next_direction, 0)
-    return _Update(u, v, next_direction, accept)
+    return _Update(u, v, next_direction, jnp.where(accept, g_new_norm2, state.g_norm2), accept)
 
 
 def broyden_rule(options: Mapping[str, Any]) -> Rule:
@@ -175,7 +178,8 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         terms = jnp.zeros((batch, 2, slots, size), z.dtype)
         rejections = jnp.zeros((batch,), jnp.int32)
         zero = jnp.zeros((), jnp.int32)
-        return BroydenState(terms, fz - z, rejections, zero, zero)
+        g = fz - z
+        return BroydenState(terms, g, _sum_squares_rows(g), rejections, zero, zero)
 
     def room(state: BroydenState) -> jax.Array:
         return state.filled < state.terms.shape[2]
@@ -198,7 +202,7 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         coeff = jnp.einsum("bmn,bn->bm", jnp.conj(terms[:, V]), g)
         inv_j_g = jnp.einsum("bm,bmn->bn", coeff, terms[:, U]) - g
         start = jnp.asarray(prior.terms.shape[2], jnp.int32)
-        return BroydenState(terms, -inv_j_g, own.rejections, start, start)
+        return BroydenState(terms, -inv_j_g, own.g_norm2, own.rejections, start, start)
 
     def transpose(state: BroydenState) -> BroydenState:
         """The terms of ``(J⁻¹)ᵀ = −I + Σ conj(vᵢ) conj(uᵢ)ᴴ``: the prior of the adjoint."""
@@ -208,6 +212,7 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         return state._replace(
             terms=jnp.where(rows[:, None, None, None], 0, state.terms),
             direction=jnp.where(rows[:, None], fz - z, state.direction),
+            g_norm2=jnp.where(rows, _sum_squares_rows(fz - z), state.g_norm2),
             rejections=jnp.where(rows, 0, state.rejections),
         )
 
@@ -238,6 +243,7 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         new_state = BroydenState(
             terms=state.terms.at[:, :, state.slot].set(jnp.stack([new.u, new.v], axis=1)),
             direction=new.direction,
+            g_norm2=new.g_norm2,
             rejections=jnp.where(new.accept, 0, state.rejections + 1),
             slot=next_slot,
             filled=jnp.minimum(state.filled + 1, history),

@@ -27,6 +27,11 @@ def compare_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, ob
     result = compare_solvers.main([
         "--quick", "--no-progress", "--json", paths["json"], "--csv", paths["csv"],
         "--plots", paths["plots"],
+        # The same solver once more under its own label and options: Broyden with its full
+        # history from the start, which must take exactly the iterations of the growing one.
+        "--variant", "broyden_full=broyden", "--solver-option", "broyden_full:initial_history=0",
+        # ... and one whose option must show: damped iteration needs more iterations.
+        "--variant", "damped=fixed_point", "--solver-option", "damped:damping=0.5",
     ])
     return result, paths, out
 
@@ -56,6 +61,34 @@ def test_compare_solvers_quick_has_every_solver_with_finite_numbers(compare_run,
             assert sum(int(n) for n, _ in counts) == row["batch"], row["stopped"]
         elif row["status"] == "ok":
             assert _finite(row["forward_s"]) and _finite(row["iterations"]), row
+
+
+def test_a_variant_row_runs_its_solver_with_its_own_options(compare_run) -> None:
+    result, _, _ = compare_run
+    rows = {(r["problem"], r["dim"], r["solver"]): r for r in result["rows"]}
+    variants = [key for key in rows if key[2] == "broyden_full"]
+    assert variants and {r["problem"] for r in result["rows"]} == {key[0] for key in variants}
+    damped_checked = 0
+    for problem, dim, _ in variants:
+        full, growing = rows[problem, dim, "broyden_full"], rows[problem, dim, "broyden"]
+        assert full["status"] == "ok" and _finite(full["overhead"]), full
+        assert full["iterations"] == growing["iterations"], (problem, dim)
+        assert full["stopped"] == growing["stopped"], (problem, dim)
+        damped, plain = rows[problem, dim, "damped"], rows[problem, dim, "fixed_point"]
+        if plain["converged"] == plain["batch"]:
+            assert damped["iterations"] > plain["iterations"], (problem, dim)
+            damped_checked += 1
+    assert damped_checked  # at least one problem where plain iteration converges
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("broyden_full", "LABEL=SOLVER"),
+    ("mine=nope", "unknown solver 'nope'"),
+    ("anderson=broyden", "already a contender"),
+])
+def test_bad_variants_are_named(spec, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        contenders.variants([spec], [c.name for c in contenders.all_contenders(False)])
 
 
 def test_compare_solvers_outputs(compare_run) -> None:
