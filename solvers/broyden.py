@@ -23,11 +23,15 @@ Safeguards:
   ``"replace_oldest"`` is the classic FIFO). The term leaving the buffer is removed
   from ``J⁻¹`` before the update, so the buffer always represents exactly the
   inverse that produced the current direction;
-* a trial point whose ``‖g‖`` exceeds ``max_increase`` times the current one is
-  rejected: ``z`` stays and the secant pair still updates ``J⁻¹``, so the next
+* a trial point whose ``‖g‖`` exceeds ``max_increase`` (default 2) times the current
+  one is rejected: ``z`` stays and the secant pair still updates ``J⁻¹``, so the next
   trial follows a new direction; after two rejections in a row the trials also
   shrink (``α`` halves with each further rejection, back to 1 once a step is
-  accepted). This backtracking costs no evaluation of ``f`` beyond the trials;
+  accepted). This backtracking costs no evaluation of ``f`` beyond the trials. The
+  test is not monotone on purpose: on slowly contracting maps Broyden's residual may
+  rise for a step before it falls. On the benchmarks' slow-modes problems (ρ = 0.99 and
+  0.999, d = 256 and 1024, seeds 0–4) ``max_increase=1`` took 1.6 times the iterations
+  (1905 against 1168, batch maxima summed) and left 4 samples stalled instead of 2;
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
 
@@ -270,11 +274,12 @@ broyden = rule_solver(
             "which term a full buffer gives up: the newest (keeps the slow modes) or the oldest",
         ),
         "max_increase": Option(
-            1.0,
+            2.0,
             (int, float),
             lambda v: v >= 1,
             "a number >= 1",
-            "reject a trial point whose ‖f(z) − z‖ grows by more than this factor",
+            "reject a trial point whose ‖f(z) − z‖ grows by more than this factor "
+            "(1: only trials that do not raise it are taken)",
         ),
         "line_search": flag(False, "backtrack on ‖f(z) − z‖ instead of always taking α = 1"),
         "ls_max_steps": positive_int(6, "line-search trials per iteration (α = 1, 1/2, ...)"),
