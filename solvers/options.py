@@ -67,9 +67,10 @@ COMMON_OPTIONS: dict[str, Option] = {
         "None: the whole pytree is one system; 0: per-sample systems along axis 0",
     ),
     "stall_window": nonnegative_int(
-        30,
+        80,
         "stop a sample whose best residual fell by less than stall_tol over this many "
-        "iterations (0 disables)",
+        "iterations (0 disables); Broyden's best residual can stay flat for tens of "
+        "iterations before it falls again",
     ),
     "stall_tol": unit_interval(1e-3, "relative progress that counts as not stalled"),
     "divergence_factor": positive_float(

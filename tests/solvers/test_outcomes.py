@@ -103,11 +103,12 @@ def test_tol_zero_runs_exactly_max_iter():
 def test_fallback_takes_over_the_samples_broyden_leaves_stalled():
     """slow-modes-0.999 (spectral radius just above 1): Broyden stalls on some samples;
     with ``fallback="fixed_point"`` those continue from their best iterate and converge,
-    and the samples Broyden solved are unchanged. ``max_increase=1`` (monotone trials,
-    not the default) is the setting under which Broyden leaves samples of this batch
-    stalled at iterates that plain iteration can finish from."""
+    and the samples Broyden solved are unchanged. Monotone trials (``max_increase=1``)
+    and a short stall window (30), neither the default, are the setting under which
+    Broyden leaves samples of this batch stalled at iterates that plain iteration can
+    finish from."""
     p = problems.build("slow-modes-0.999", 128, 16, 0)
-    common = dict(batch_axis=0, tol=1e-5, max_iter=600, max_increase=1.0)
+    common = dict(batch_axis=0, tol=1e-5, max_iter=600, max_increase=1.0, stall_window=30)
 
     def run(**options):
         solve = solvers.get("broyden", **common, **options)
@@ -144,3 +145,20 @@ def test_an_empty_batch_solves_to_an_empty_batch(name):
 def test_a_leaf_that_is_not_an_array_is_named():
     with pytest.raises(TypeError, match=r"leaf \['b'\] is a str .*not an array"):
         solvers.get("broyden")(lambda z: z, {"a": jnp.zeros(3), "b": "text"})
+
+
+def test_the_default_stall_window_outlasts_broydens_plateaus():
+    """slow-modes-0.999, seed 3: one sample's best residual stays flat for more than 30
+    iterations and then falls to tol. A 30-iteration stall window gives that sample up
+    as stalled; the default window waits it out, and every sample converges."""
+    p = problems.build("slow-modes-0.999", 128, 16, 3)
+
+    def run(**options):
+        solve = solvers.get("broyden", batch_axis=0, tol=1e-5, max_iter=600, **options)
+        return jax.jit(lambda z0, *a: solve(p.f, z0, *a))(p.z0, *p.args).stats
+
+    short, default = run(stall_window=30), run()
+    given_up = np.asarray(short.reason) == Reason.STALLED
+    assert given_up.any(), solvers.explain(short)
+    assert bool(jnp.all(default.converged)), solvers.explain(default)
+    assert np.all(np.asarray(default.steps)[given_up] > np.asarray(short.steps)[given_up])
