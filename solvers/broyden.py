@@ -32,7 +32,9 @@ Safeguards:
   rise for a step before it falls. On the benchmarks' slow-modes problems (ρ = 0.99 and
   0.999, d = 256 and 1024, batch 32, seeds 0–9) ``max_increase=1`` took 2.1 times the
   iterations (6926 against 3364, batch maxima summed) and left 30 of the 1280 samples
-  unconverged instead of none;
+  unconverged instead of none (``python -m benchmarks.compare_solvers --seed S --problems
+  slow-modes-0.99 slow-modes-0.999 --solvers broyden --no-peers --variant
+  monotone=broyden --solver-option monotone:max_increase=1``, S = 0…9);
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
 
@@ -214,10 +216,11 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         return state._replace(terms=jnp.conj(state.terms[:, ::-1]))
 
     def restart(state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
+        g = fz - z
         return state._replace(
             terms=jnp.where(rows[:, None, None, None], 0, state.terms),
-            direction=jnp.where(rows[:, None], fz - z, state.direction),
-            g_norm2=jnp.where(rows, _sum_squares_rows(fz - z), state.g_norm2),
+            direction=jnp.where(rows[:, None], g, state.direction),
+            g_norm2=jnp.where(rows, _sum_squares_rows(g), state.g_norm2),
             rejections=jnp.where(rows, 0, state.rejections),
         )
 
