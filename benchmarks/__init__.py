@@ -13,6 +13,9 @@ Entry points (each prints a markdown table; ``--help`` lists the flags):
   twins (see that module).
 * ``python -m benchmarks.memory_breakdown`` — the DEQ train step's peak memory with one
   part of its backward taken away at a time, against the explicit depth-16 stack.
+* ``python -m benchmarks.overhead_floor`` — beside each ``fixed_point`` and ``broyden``
+  solve, the floors under its overhead on this machine: the fixed cost of a compiled call,
+  the reads of Broyden's buffer of terms, and the page faults per call.
 
 Shared pieces: :mod:`benchmarks.problems` (the problems), :mod:`benchmarks.contenders`
 (registered solvers and peers behind one interface), :mod:`benchmarks.reference` (float64

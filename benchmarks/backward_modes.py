@@ -77,12 +77,9 @@ def candidates(phantom: Phantom) -> list[Candidate]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.backward_modes",
-        description="Compare gradient modes of implicit.fixed_point against the exact gradient.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    cli.add_flags(parser, DEFAULTS)
+    parser = cli.parser("python -m benchmarks.backward_modes",
+                        "Compare gradient modes of implicit.fixed_point against the exact gradient.",
+                        DEFAULTS)
     parser.add_argument("--solver", default="broyden", help="forward solver (registry name)")
     parser.add_argument("--phantom-steps", type=int, default=5)
     parser.add_argument("--phantom-damping", type=float, default=0.5)

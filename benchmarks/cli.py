@@ -58,6 +58,16 @@ class Common:
         return FAST_COMPILE if self.quick else None
 
 
+def parser(prog: str, description: str, defaults: Defaults) -> argparse.ArgumentParser:
+    """An entry point's parser (``python -m benchmarks.NAME``) with the shared flags added."""
+    built = argparse.ArgumentParser(
+        prog=prog, description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_flags(built, defaults)
+    return built
+
+
 def add_flags(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     """Add the shared flags; ``--problems``, ``--dims``, ``--batch`` and ``--max-iter`` take
     their ``--quick`` values unless given."""

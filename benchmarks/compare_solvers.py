@@ -117,12 +117,9 @@ DEFAULTS = cli.Defaults(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.compare_solvers",
-        description="Compare fixed-point solvers (registered ones and peers) side by side.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    cli.add_flags(parser, DEFAULTS)
+    parser = cli.parser("python -m benchmarks.compare_solvers",
+                        "Compare fixed-point solvers (registered ones and peers) side by side.",
+                        DEFAULTS)
     parser.add_argument("--solvers", nargs="+", default=None, metavar="NAME",
                         help="contenders to run (registered names and peer names); default: all")
     parser.add_argument("--no-peers", action="store_true", help="registered solvers only")
