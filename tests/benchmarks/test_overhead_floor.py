@@ -4,6 +4,8 @@ against a known allocation, and a ``--quick`` run's table."""
 from __future__ import annotations
 
 import math
+import mmap
+import resource
 
 import pytest
 
@@ -26,10 +28,17 @@ def test_buffer_stages_follow_broydens_growth(options, size, iterations, stages)
     assert overhead_floor.buffer_stages(resolved, size, iterations) == stages
 
 
-def test_faulted_bytes_sees_a_fresh_allocation_per_call() -> None:
-    size = 64 << 20  # above glibc's largest mmap threshold: mapped afresh at every call
-    touched = overhead_floor.faulted_bytes(lambda: bytearray(b"\x01") * size)
-    assert touched >= size / 2
+def test_faulted_bytes_counts_the_pages_a_call_maps_afresh() -> None:
+    size, page = 64 << 20, resource.getpagesize()
+
+    def touch_fresh_pages() -> None:
+        memory = mmap.mmap(-1, size)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # one fault per page, whatever the THP setting
+            memory.madvise(mmap.MADV_NOHUGEPAGE)
+        memory[::page] = b"\x01" * (size // page)
+        memory.close()
+
+    assert overhead_floor.faulted_bytes(touch_fresh_pages) >= size
     assert overhead_floor.faulted_bytes(lambda: None) < size / 16
 
 
