@@ -39,6 +39,7 @@ from jax import lax
 import solvers
 from benchmarks import cli, compare_solvers, report, timing
 from benchmarks.problem import Problem
+from solvers.flat import flat_view
 from solvers.types import PyTree
 
 SOLVERS = ("fixed_point", "broyden")
@@ -61,12 +62,6 @@ COLUMNS = [
 ]
 
 
-def flat_rows(tree: PyTree) -> jax.Array:
-    """A batched pytree as one ``(batch, size)`` matrix (a bitcast for a single array)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=1)
-
-
 def read_loop(f: Callable[..., PyTree], passes: int) -> Callable[..., Any]:
     """``loop(calls, z, terms, *args)``: ``calls`` times ``z ← f(z)``, then a read of the
     terms at ``g = f(z)``. With ``passes=1``, ``terms = (u, v)``, each ``(batch, slots,
@@ -82,20 +77,21 @@ def read_loop(f: Callable[..., PyTree], passes: int) -> Callable[..., Any]:
         return jnp.einsum("bkm,bkmn->bkn", coeff[:, ::-1], terms)
 
     def loop(calls: jax.Array, z: PyTree, terms: Any, *args: Any) -> tuple:
+        view = flat_view(z, batch_axis=0)
+
         def body(_: Any, carry: tuple) -> tuple:
             fz = f(carry[0], *args)
-            return fz, read(terms, flat_rows(fz))
+            return fz, read(terms, view.to_matrix(fz))
 
-        rows = flat_rows(z)
-        out = jnp.zeros((rows.shape[0], passes, rows.shape[1]), rows.dtype)
+        out = jnp.zeros((view.batch, passes, view.size), view.dtype)
         return lax.fori_loop(0, calls, body, (z, out))
 
     return loop
 
 
 def faulted_bytes(run: Callable[[], Any], calls: int = 5) -> float:
-    """Bytes of minor page faults per call of ``run`` (after one untimed call)."""
-    run()
+    """Bytes of minor page faults per call of ``run`` (warm it up first: a first call may
+    fault in what later calls reuse)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(calls):
         run()
@@ -114,15 +110,30 @@ def buffer_stages(options: Mapping[str, Any], size: int, iterations: int) -> dic
     return stages
 
 
-def run_problem(
-    problem: Problem, common: cli.Common, on_step: Callable[[], None] = lambda: None
-) -> list[dict[str, Any]]:
-    """The rows of one problem: each solver's overhead beside the floors under it."""
+def build_solvers(
+    common: cli.Common, solver_options: Mapping[str, Mapping[str, Any]]
+) -> dict[str, solvers.Solver]:
+    """The measured solvers, as ``compare_solvers`` runs them, with ``solver_options`` (by
+    solver name) on top; an option for another solver, or a bad one, raises ``ValueError``
+    or ``TypeError`` naming it."""
+    unknown = sorted(set(solver_options) - set(SOLVERS))
+    if unknown:
+        raise ValueError(f"--solver-option for {', '.join(unknown)}: this benchmark measures "
+                         f"only {', '.join(SOLVERS)}")
     settings = {"tol": common.tol, "max_iter": common.max_iter, "stop_mode": "rel",
                 "batch_axis": 0}
-    solves = {name: solvers.get(name, **settings) for name in SOLVERS}
+    return {name: solvers.get(name, **{**settings, **solver_options.get(name, {})})
+            for name in SOLVERS}
+
+
+def run_problem(
+    problem: Problem, common: cli.Common, solves: Mapping[str, solvers.Solver],
+    on_step: Callable[[], None] = lambda: None,
+) -> list[dict[str, Any]]:
+    """The rows of one problem: each solver's overhead beside the floors under it."""
     broyden = solves["broyden"].options
-    batch, size = flat_rows(problem.z0).shape
+    view = flat_view(problem.z0, batch_axis=0)
+    batch, size = view.batch, view.size
     calls = timing.f_loop_calls(problem.f, problem.z0, problem.args,
                                 compiler_options=common.compiler_options)
     n = jnp.asarray(calls, jnp.int32)
@@ -135,7 +146,7 @@ def run_problem(
                           (jnp.asarray(1, jnp.int32), problem.z0, *problem.args))
     key = jax.random.key(common.seed)
     for slots in sorted(buffer_stages(broyden, size, common.max_iter)):
-        terms = 1e-3 * jax.random.normal(key, (batch, 2, slots, size), jnp.float32)
+        terms = 1e-3 * jax.random.normal(key, (batch, 2, slots, size), view.dtype)
         for passes, given in ((1, (terms[:, 0], terms[:, 1])), (2, terms)):
             candidates[f"read{passes}:{slots}"] = (
                 read_loop(problem.f, passes), (n, problem.z0, given, *problem.args))
@@ -190,8 +201,9 @@ def medians(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def run(common: cli.Common) -> dict[str, Any]:
-    """Measure every selected problem; returns the result record (also the JSON)."""
+def run(common: cli.Common, solves: Mapping[str, solvers.Solver]) -> dict[str, Any]:
+    """Measure every selected problem with ``solves`` (:func:`build_solvers`); returns the
+    result record (also the JSON)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -202,11 +214,12 @@ def run(common: cli.Common) -> dict[str, Any]:
               disable=not common.progress, leave=False) as progress:
         for problem in problems:
             progress.set_postfix_str(f"{problem.name} d={problem.dim}")
-            rows += run_problem(problem, common, lambda: progress.update(1))
+            rows += run_problem(problem, common, solves, lambda: progress.update(1))
     return {
         "settings": {"tol": common.tol, "max_iter": common.max_iter, "batch": common.batch,
                      "dims": list(common.dims), "repeats": common.repeats,
-                     "problems": [p.name for p in problems]},
+                     "problems": [p.name for p in problems],
+                     "solvers": [repr(solve) for solve in solves.values()]},
         "machine": report.machine(),
         "rows": rows,
         "medians": medians(rows),
@@ -222,6 +235,8 @@ def render(result: Mapping[str, Any]) -> str:
         f"Overhead floors at per-sample relative tolerance {s['tol']:g} (max {s['max_iter']} "
         f"iterations), batch {s['batch']}, float32; {report.machine_line(result['machine'])}.",
         "",
+        f"Solvers: {'; '.join(s['solvers'])}.",
+        "",
         report.markdown_table(result["rows"], COLUMNS),
         "",
         *[f"- {line}" for line in result["medians"]],
@@ -235,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("python -m benchmarks.overhead_floor",
                         "The floors under the overhead of fixed_point and broyden on this machine.",
                         DEFAULTS)
+    parser.add_argument("--solver-option", action="append", default=[],
+                        metavar="NAME:KEY=VALUE",
+                        help="an option for fixed_point or broyden, e.g. broyden:history=8")
     return parser
 
 
@@ -244,9 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     try:
         common = cli.common(args, DEFAULTS)
-    except ValueError as err:
+        solves = build_solvers(
+            common, compare_solvers.parse_solver_options(args.solver_option))
+    except (TypeError, ValueError) as err:
         parser.error(str(err))
-    result = run(common)
+    result = run(common, solves)
     report.emit(result, render(result), common.json, common.csv, [c.key for c in COLUMNS])
     return result
 

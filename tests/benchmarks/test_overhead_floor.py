@@ -10,7 +10,7 @@ import resource
 import pytest
 
 import solvers
-from benchmarks import overhead_floor
+from benchmarks import cli, overhead_floor
 
 
 @pytest.mark.parametrize(
@@ -42,8 +42,33 @@ def test_faulted_bytes_counts_the_pages_a_call_maps_afresh() -> None:
     assert overhead_floor.faulted_bytes(lambda: None) < size / 16
 
 
+def _common() -> cli.Common:
+    parser = overhead_floor.build_parser()
+    return cli.common(parser.parse_args(["--quick"]), overhead_floor.DEFAULTS)
+
+
+def test_solver_options_reach_only_the_named_solver() -> None:
+    solves = overhead_floor.build_solvers(_common(), {"broyden": {"history": 4}})
+    assert solves["broyden"].options["history"] == 4
+    assert solves["broyden"].options["stop_mode"] == "rel"  # as compare_solvers runs it
+    assert solves["fixed_point"] == solvers.get(
+        "fixed_point", **{k: solves["broyden"].options[k]
+                          for k in ("tol", "max_iter", "stop_mode", "batch_axis")})
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"anderson": {"history": 4}}, "only fixed_point, broyden"),
+    ({"broyden": {"histroy": 4}}, "histroy"),
+])
+def test_bad_solver_options_are_named(options, words) -> None:
+    with pytest.raises((TypeError, ValueError), match=words):
+        overhead_floor.build_solvers(_common(), options)
+
+
 def test_quick_run_puts_each_solver_beside_its_floors(tmp_path) -> None:
-    result = overhead_floor.main(["--quick", "--no-progress", "--json", str(tmp_path / "f.json")])
+    result = overhead_floor.main(["--quick", "--no-progress", "--json", str(tmp_path / "f.json"),
+                                  "--solver-option", "broyden:initial_history=4"])
+    assert any("initial_history=4" in text for text in result["settings"]["solvers"])
     rows = {row["solver"]: row for row in result["rows"]}
     assert set(rows) == set(overhead_floor.SOLVERS)
     for row in rows.values():
