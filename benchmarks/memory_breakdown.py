@@ -1,6 +1,6 @@
 """Where the DEQ train step's memory goes: the peak of the compiled step for the defaults of
 ``python -m models.train`` and for variants that each take one part away, against the
-explicit weight-tied stack.
+DEQ's unrolled weight-tied twin.
 
     python -m benchmarks.memory_breakdown                  # the default variants (2-3 minutes)
     python -m benchmarks.memory_breakdown --variant "--backward-history 2" --variant ""
@@ -11,7 +11,7 @@ XLA's ``memory_analysis()`` (``peak = arguments + outputs + temporaries − alia
 is trained, so the numbers do not depend on the machine's load. A variant is a string of
 ``python -m models.train`` flags applied on top of the defaults (``""``: the defaults
 themselves). ``ratio`` divides by the peak of the ``--baseline`` variant, by default the
-explicit weight-tied stack of depth 16 that ``benchmarks.deq_vs_explicit`` compares against;
+unrolled weight-tied twin of depth 16 that ``benchmarks.deq_vs_explicit`` compares against;
 ``Δ defaults`` is the difference to the defaults' peak. Like ``models.train``, the program
 compiles with XLA's memory-minimising CPU schedule (:mod:`models.xla_setup`) unless
 ``XLA_FLAGS`` already chooses a scheduler; the schedule is process-wide, so the
@@ -37,7 +37,7 @@ from models.sharding import make_mesh, shard_batch
 from models.xla_setup import prefer_memory_schedule
 
 DEFAULTS = ""
-BASELINE = "--model explicit --depth 16"
+BASELINE = "--model unrolled --depth 16"
 VARIANTS: tuple[str, ...] = (
     DEFAULTS,
     "--backward jfb",
@@ -49,7 +49,7 @@ VARIANTS: tuple[str, ...] = (
 )
 """The default rows: the defaults, then each part of the DEQ's backward taken away (the
 implicit adjoint, the Jacobian regulariser, both, half the adjoint's history, an adjoint
-without history), then the explicit baseline."""
+without history), then the unrolled twin."""
 QUICK_SIZE = "--d-model 16 --num-heads 2 --seq-len 16 --batch-size 4"
 QUICK_VARIANTS = (DEFAULTS, "--backward jfb", BASELINE)
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.memory_breakdown",
         description="Peak memory of the compiled DEQ train step, by variant, against the "
-        "explicit weight-tied stack.",
+        "DEQ's unrolled weight-tied twin.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--variant", action="append", default=None, metavar="FLAGS",

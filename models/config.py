@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from implicit import BACKWARD_MODES
-from models.transformer import BlockConfig
+from models.transformer import BLOCK_FORMS, INITIAL_STATES, BlockConfig
 
 __all__ = [
     "MODELS",
@@ -31,9 +31,10 @@ __all__ = [
     "validate_config",
 ]
 
-MODELS: tuple[str, ...] = ("deq", "explicit", "untied")
-"""``deq``: the DEQ Transformer; ``explicit``: the weight-tied stack of ``depth`` blocks
-(the DEQ's unrolled twin); ``untied``: the same stack with separate weights per layer."""
+MODELS: tuple[str, ...] = ("deq", "transformer", "unrolled")
+"""``deq``: the DEQ Transformer; ``transformer``: the standard pre-LN Transformer of ``depth``
+layers (the model a user would pick instead); ``unrolled``: the DEQ's block applied ``depth``
+times with one set of weights (the DEQ's unrolled twin)."""
 
 BACKWARDS: tuple[str, ...] = BACKWARD_MODES
 """Backward modes of ``implicit.haiku.DEQ`` (the library's own names)."""
@@ -65,7 +66,18 @@ class TrainConfig:
     block_layers: int = _flag(1, "attention+MLP layers inside the weight-tied block f")
     mlp_ratio: int = _flag(4, "MLP hidden width as a multiple of --d-model")
     dropout: float = _flag(0.0, "variational dropout rate inside the block (one mask per solve)")
-    depth: int = _flag(8, "layers of the explicit stacks (--model explicit / untied)")
+    depth: int = _flag(
+        2, "layers of the explicit models: the standard Transformer (--model transformer) or "
+        "the DEQ's unrolled twin (--model unrolled)"
+    )
+    block: str = _flag(
+        "injection", "equations of the DEQ's block f(z, x) (models.transformer.DEQBlock)",
+        choices=BLOCK_FORMS,
+    )
+    initial_state: str = _flag(
+        "zeros", "DEQ and unrolled twin: start from z = 0 ('zeros') or z = x ('input')",
+        choices=INITIAL_STATES,
+    )
     init_std: float = _flag(0.02, "std of the truncated-normal weight initialisation")
     embed_std: float = _flag(1.0, "std of the token and position embeddings at initialisation")
     out_init_scale: float = _flag(
@@ -121,6 +133,10 @@ class TrainConfig:
         5.0,
         "DEQ: weight of the Hutchinson Jacobian regulariser ‖∂f/∂z(z*)‖²_F / numel(z*), which "
         "keeps f contractive and the solves short (0: off; explicit stacks ignore it)",
+    )
+    jac_power: int = _flag(
+        1, "DEQ: the Jacobian regulariser penalises ‖(∂f/∂z)ᵏ‖²_F with k = --jac-power (1: "
+        "Bai et al. 2021); k > 1 leaves dependence chains shorter than k free"
     )
     warmup_unrolled: int = _flag(
         0, "DEQ: train the first this many steps as the weight-tied stack of "
@@ -190,7 +206,7 @@ class TrainConfig:
             d_model=self.d_model, num_heads=self.num_heads, block_layers=self.block_layers,
             mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout, init_std=self.init_std,
             out_init_scale=self.out_init_scale, spectral_norm=self.spectral_norm,
-            qk_norm=self.qk_norm,
+            qk_norm=self.qk_norm, form=self.block,
         )
 
     def compile_key(self) -> TrainConfig:
@@ -240,7 +256,7 @@ class ConfigError(ValueError):
 _POSITIVE = (
     "d_model", "num_heads", "block_layers", "mlp_ratio", "depth", "max_iter", "history",
     "backward_max_iter", "backward_history", "phantom_steps", "steps", "batch_size", "seq_len",
-    "warmup_depth",
+    "warmup_depth", "jac_power",
 )
 _NON_NEGATIVE = (
     "max_bytes", "jac_batch", "warmup_steps", "warmup_unrolled", "eval_every", "eval_batches",

@@ -20,9 +20,9 @@ import optax
 import solvers
 from implicit import KRYLOV_NAMES, Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
 from implicit.reporting import Monitor
-from models.config import TrainConfig
+from models.config import MODELS, TrainConfig
 from models.data import VOCAB_SIZE
-from models.transformer import DEQTransformerLM, ExplicitTransformerLM, LMOutput
+from models.transformer import DEQTransformerLM, LMOutput, TransformerLM, UnrolledLM
 from solvers import Solver
 
 __all__ = ["deq_solver", "deq_backward", "make_model", "next_byte_loss", "LN2"]
@@ -79,18 +79,19 @@ def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode
 def _build(config: TrainConfig, solver: Optional[Solver], backward: Optional[Mode]) -> hk.Module:
     common = dict(max_seq_len=config.seq_len, embed_std=config.embed_std, name="lm")
     if config.model == "deq":
-        penalty = JacobianPenalty(batch=config.jac_batch) if config.jac_reg > 0 else None
+        penalty = (JacobianPenalty(batch=config.jac_batch, power=config.jac_power)
+                   if config.jac_reg > 0 else None)
         return DEQTransformerLM(
             VOCAB_SIZE, config.block_config(), solver=solver or deq_solver(config),
             backward=backward or deq_backward(config), jacobian_penalty=penalty,
-            remat=config.remat, **common,
+            initial_state=config.initial_state, remat=config.remat, **common,
         )
-    if config.model in ("explicit", "untied"):
-        return ExplicitTransformerLM(
-            VOCAB_SIZE, config.block_config(), depth=config.depth,
-            tied=config.model == "explicit", **common,
-        )
-    raise ValueError(f"unknown model {config.model!r}; choose one of deq, explicit, untied")
+    if config.model == "unrolled":
+        return UnrolledLM(VOCAB_SIZE, config.block_config(), depth=config.depth,
+                          initial_state=config.initial_state, **common)
+    if config.model == "transformer":
+        return TransformerLM(VOCAB_SIZE, config.block_config(), depth=config.depth, **common)
+    raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
 
 
 def make_model(
