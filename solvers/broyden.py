@@ -189,8 +189,11 @@ class Broyden(Method, Restartable, WarmStartable, Growable):
     line_search: bool = option(False, None, "backtrack on ‖f(z) − z‖ instead of always α = 1")
     ls_max_steps: int = option(6, at_least(1), "line-search trials per iteration (α = 1, 1/2, ...)")
 
-    def _full_history(self, size: int, stopping: Stopping) -> int:
-        return max(1, min(self.history, stopping.max_iter, size))
+    def slots(self, size: int, stopping: Stopping) -> tuple[int, int]:
+        """``(first, full)``: the slots the buffers start with and the most they grow to, for
+        rows of ``size`` (``history`` capped at ``size`` and at ``max_iter``)."""
+        full = max(1, min(self.history, stopping.max_iter, size))
+        return min(self.initial_history or full, full), full
 
     def _empty(self, z: Matrix, fz: Matrix, slots: int) -> BroydenState:
         batch, size = z.shape
@@ -200,8 +203,7 @@ class Broyden(Method, Restartable, WarmStartable, Growable):
                             _sum_squares_rows(g), jnp.zeros((batch,), jnp.int32), zero, zero)
 
     def init(self, z: Matrix, fz: Matrix, stopping: Stopping) -> BroydenState:
-        history = self._full_history(z.shape[1], stopping)
-        return self._empty(z, fz, min(self.initial_history or history, history))
+        return self._empty(z, fz, self.slots(z.shape[1], stopping)[0])
 
     def room(self, state: BroydenState) -> jax.Array:
         return state.filled < state.terms.shape[2]
@@ -210,7 +212,7 @@ class Broyden(Method, Restartable, WarmStartable, Growable):
         """The state in buffers of ``history`` slots (``None`` if they already are); the
         next term goes to the first new slot. Only called on a state that never wrapped."""
         slots, size = state.terms.shape[2:]
-        full = self._full_history(size, stopping)
+        full = self.slots(size, stopping)[1]
         if slots >= full:
             return None
         pad = ((0, 0), (0, 0), (0, full - slots), (0, 0))
@@ -219,7 +221,7 @@ class Broyden(Method, Restartable, WarmStartable, Growable):
     def warm(self, prior: BroydenState, z: Matrix, fz: Matrix, stopping: Stopping) -> BroydenState:
         """Start from ``prior``'s terms (kept in front of this solve's own ``history``
         slots), with the first direction ``d = −J⁻¹ g(z)`` of that inverse."""
-        own = self._empty(z, fz, self._full_history(z.shape[1], stopping))
+        own = self._empty(z, fz, self.slots(z.shape[1], stopping)[1])
         terms = jnp.concatenate([prior.terms.astype(z.dtype), own.terms], axis=2)
         g = fz - z
         coeff = jnp.einsum("bmn,bn->bm", jnp.conj(terms[:, V]), g)

@@ -19,6 +19,7 @@ the fields as :class:`Option` records, for ``--help`` texts and documentation.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import math
@@ -38,6 +39,7 @@ __all__ = [
     "declared",
     "option",
     "one_of",
+    "parse_assignments",
     "validate",
 ]
 
@@ -75,11 +77,16 @@ def one_of(*values: Any) -> Check:
     return Check(lambda v: v in values, f"one of {', '.join(map(repr, values))}", values)
 
 
-def option(default: Any, check: Optional[Check] = None, doc: str = "", **metadata: Any) -> Any:
+def option(
+    default: Any, check: Optional[Check] = None, doc: str = "", *, kw_only: bool = False,
+    **metadata: Any,
+) -> Any:
     """A dataclass field holding an option: its ``default``, its :class:`Check` (``None``:
     any value of the annotated type) and its help line ``doc``; extra ``metadata`` (for
-    example how a command line spells it) is kept with them."""
-    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, **metadata})
+    example how a command line spells it) is kept with them. ``kw_only`` makes it a
+    keyword-only argument of the constructor."""
+    return dataclasses.field(default=default, kw_only=kw_only,
+                             metadata={"check": check, "doc": doc, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +210,7 @@ def validate(value: Any) -> None:
         if float in _alternatives(hint) and isinstance(given, (int, float)) and not isinstance(
                 given, bool):
             if not math.isfinite(given):
-                rule = _type_words(hint) + (f" {check.valid}" if check else "")
+                rule = "a finite number"
                 raise OptionValueError(
                     f"option {field.name!r} of {owner} must be {rule}, got {given!r}",
                     field.name, rule, given,
@@ -270,3 +277,20 @@ class Options:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+def parse_assignments(text: str) -> dict[str, Any]:
+    """``"history=4,line_search=True"`` as ``{"history": 4, "line_search": True}``: how a
+    command line spells options (values are Python literals; anything else is a string).
+    ``""`` is no options. Raises ``ValueError`` naming an item that is not ``KEY=VALUE``."""
+    parsed: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        parsed[key.strip()] = value
+    return parsed

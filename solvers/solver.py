@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from solvers import options as declarations
+import solvers.options as declarations
 from solvers.flat import flat_view
 from solvers.loop import iterate
 from solvers.method import Method, Restartable, WarmStartable
@@ -101,9 +101,9 @@ class Solver(Options):
     def options(self) -> Mapping[str, Any]:
         """Every option by name, read-only, as :func:`get` and :meth:`replace` spell them
         (for display and command lines; the fields are the values to use)."""
+        own = {name: getattr(self, name) for name in _OWN}
         return MappingProxyType({
-            **_field_values(self.stopping), "batch_axis": self.batch_axis,
-            "fallback": self.fallback, **_field_values(self.method),
+            **_field_values(self.stopping), **own, **_field_values(self.method),
         })
 
     @property
@@ -187,7 +187,8 @@ def _short(value: Any) -> str:
     return f"{type(value).__name__}({changed})"
 
 
-_OWN = ("batch_axis", "fallback")
+_OWN = tuple(f.name for f in dataclasses.fields(Solver) if f.type not in ("Method", "Stopping"))
+"""The options a solver holds itself (beside its method's and its stopping rule's)."""
 
 COMMON_OPTIONS: Mapping[str, Option] = MappingProxyType({
     **declarations.declared(Stopping),
