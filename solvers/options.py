@@ -202,7 +202,8 @@ def validate(value: Any) -> None:
         hint, given = hints[field.name], getattr(value, field.name)
         check: Optional[Check] = field.metadata.get("check")
         if not _is_instance(given, hint):
-            rule = _type_words(hint) + (f" {check.valid}" if check and not check.choices else "")
+            rule = (check.valid if check is not None and check.choices
+                    else _type_words(hint) + (f" {check.valid}" if check else ""))
             raise OptionTypeError(
                 f"option {field.name!r} of {owner} must be {rule}, got {given!r} of type "
                 f"{type(given).__name__}", field.name, rule, given,

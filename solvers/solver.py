@@ -75,7 +75,10 @@ class Solver(Options):
         super().__post_init__()
         fallback = self.fallback
         if isinstance(fallback, str):
-            fallback = get(fallback)
+            try:
+                fallback = get(fallback)
+            except ValueError as error:
+                raise ValueError(f"option 'fallback' of solver {self.name!r}: {error}") from None
         elif isinstance(fallback, Method):
             fallback = Solver(fallback)
         if fallback is None:
