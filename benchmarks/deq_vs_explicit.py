@@ -44,7 +44,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from benchmarks import output
+from benchmarks import output as report
 from benchmarks.timing import FAST_COMPILE, median, memory_of
 from models.config import TrainConfig, validate_config
 from models.data import BatchSampler, eval_batches, load_corpus, split_corpus
@@ -66,26 +66,26 @@ def _fmt(digits: int):
 
 
 DEPTH_COLUMNS = (
-    output.Column("depth", "depth", output.fmt_int),
-    output.Column("model", "model", align="left"),
-    output.Column("params", "params", output.fmt_int),
-    output.Column("valid_bpb", "valid bpb", _fmt(3)),
-    output.Column("solver_steps", "fwd steps", _fmt(1)),
-    output.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
-    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
-    output.Column("temp_bytes", "temp MiB", output.fmt_mib),
-    output.Column("memory_ratio", "mem ratio", output.fmt_ratio),
-    output.Column("backward_misses", "bwd misses", output.fmt_int),
+    report.Column("depth", "depth", report.fmt_int),
+    report.Column("model", "model", align="left"),
+    report.Column("params", "params", report.fmt_int),
+    report.Column("valid_bpb", "valid bpb", _fmt(3)),
+    report.Column("solver_steps", "fwd steps", _fmt(1)),
+    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
+    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
+    report.Column("memory_ratio", "mem ratio", report.fmt_ratio),
+    report.Column("backward_misses", "bwd misses", report.fmt_int),
 )
 BUDGET_COLUMNS = (
-    output.Column("model", "model", align="left"),
-    output.Column("params", "params", output.fmt_int),
-    output.Column("steps", "steps", output.fmt_int),
-    output.Column("valid_bpb", "valid bpb", _fmt(3)),
-    output.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
-    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
-    output.Column("forward_fevals", "fwd f-evals/step", _fmt(1)),
-    output.Column("backward_vjps", "bwd VJPs/step", _fmt(1)),
+    report.Column("model", "model", align="left"),
+    report.Column("params", "params", report.fmt_int),
+    report.Column("steps", "steps", report.fmt_int),
+    report.Column("valid_bpb", "valid bpb", _fmt(3)),
+    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
+    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+    report.Column("forward_fevals", "fwd f-evals/step", _fmt(1)),
+    report.Column("backward_vjps", "bwd VJPs/step", _fmt(1)),
 )
 
 
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checks = [c for c in (depth_check(rows), budget_check(budget_rows)) if c]
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
     return {"rows": rows, "budget_rows": budget_rows, "checks": checks, "settings": settings,
-            "machine": output.machine()}
+            "machine": report.machine()}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -329,13 +329,13 @@ def render(result: dict[str, Any]) -> str:
     if result["rows"]:
         lines += [f"By depth, equal steps ({s['steps']} steps of batch {s['batch_size']} × "
                   f"{s['seq_len']} bytes per model):", "",
-                  output.markdown_table(result["rows"], DEPTH_COLUMNS), ""]
+                  report.markdown_table(result["rows"], DEPTH_COLUMNS), ""]
     if result["budget_rows"]:
         lines += [f"Equal wall-clock time ({s['budget']:g} s of training steps per model), "
                   "the DEQ as `python -m models.train` trains it:", "",
-                  output.markdown_table(result["budget_rows"], BUDGET_COLUMNS), ""]
+                  report.markdown_table(result["budget_rows"], BUDGET_COLUMNS), ""]
     lines += [f"- {check}" for check in result["checks"]]
-    lines += ["", output.machine_line(result["machine"])]
+    lines += ["", report.machine_line(result["machine"])]
     return "\n".join(lines)
 
 
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the markdown tables, write ``--json``; return the result."""
     args = build_parser().parse_args(argv)
     result = run(args)
-    output.publish(render(result), result, args.json)
+    report.publish(render(result), result, args.json)
     return result
 
 
