@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import functools
 import math
+import numbers
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
@@ -161,17 +162,18 @@ def _type_words(hint: Any) -> str:
 
 
 def _is_instance(value: Any, hint: Any) -> bool:
-    """Whether ``value`` has the annotated type: ``bool`` is not an ``int``, an ``int`` is a
-    ``float``, and an annotation that is not a class (``Callable``) admits any callable."""
+    """Whether ``value`` has the annotated type: ``bool`` is not an ``int``, any real number
+    (NumPy's too) is a ``float`` and any integral one an ``int``, and an annotation that is
+    not a class (``Callable``) admits any callable."""
     for alternative in _alternatives(hint):
         origin = typing.get_origin(alternative) or alternative
         if alternative is Any:
             return True
         if origin is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 return True
         elif origin is int:
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 return True
         elif origin in (Callable, typing.get_origin(Callable[..., Any])):
             if callable(value):
@@ -188,7 +190,8 @@ def _owner(cls: type) -> str:
 
 def validate(value: Any) -> None:
     """Check every field of the dataclass ``value`` against its annotation and its
-    :class:`Check`; an ``int`` given for a ``float`` field is stored as a ``float``.
+    :class:`Check`; a number given for a ``float`` (``int``) field is stored as a Python
+    ``float`` (``int``).
 
     Raises:
       OptionTypeError: a value of the wrong type (a ``TypeError``), naming the option.
@@ -208,7 +211,8 @@ def validate(value: Any) -> None:
                 f"option {field.name!r} of {owner} must be {rule}, got {given!r} of type "
                 f"{type(given).__name__}", field.name, rule, given,
             )
-        if float in _alternatives(hint) and isinstance(given, (int, float)) and not isinstance(
+        alternatives = _alternatives(hint)
+        if float in alternatives and isinstance(given, numbers.Real) and not isinstance(
                 given, bool):
             if not math.isfinite(given):
                 rule = "a finite number"
@@ -216,7 +220,10 @@ def validate(value: Any) -> None:
                     f"option {field.name!r} of {owner} must be {rule}, got {given!r}",
                     field.name, rule, given,
                 )
-            object.__setattr__(value, field.name, float(given))
+            given = float(given)
+        elif int in alternatives and isinstance(given, numbers.Integral):
+            given = int(given)
+        object.__setattr__(value, field.name, given)  # Python numbers: stable hashes
         if check is not None and given is not None and not check.test(given):
             rule = check.valid if check.choices else f"{_type_words(hint)} {check.valid}"
             raise OptionValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import hypothesis.strategies as st
+import numpy as np
 import pytest
 from hypothesis import given, settings
 
@@ -44,10 +45,14 @@ def test_any_value_builds_the_typed_value_or_fails_naming_the_option(name, data,
     assert solve == solvers.Solver(method, stopping, solve.batch_axis, solve.fallback)
 
 
-def test_an_int_for_a_float_option_is_stored_as_a_float():
-    solve = solvers.get("anderson", tol=0, damping=1)
+def test_numbers_are_stored_as_python_numbers_of_the_declared_type():
+    solve = solvers.get("anderson", tol=0, damping=1, history=np.int64(3))
     assert isinstance(solve.stopping.tol, float) and isinstance(solve.method.damping, float)
-    assert solve == solvers.get("anderson", tol=0.0, damping=1.0)
+    assert type(solve.method.history) is int
+    assert solve == solvers.get("anderson", tol=0.0, damping=1.0, history=3)
+    assert solvers.get("broyden", tol=np.float32(1e-6)).stopping.tol == float(np.float32(1e-6))
+    with pytest.raises(TypeError, match="'history'"):
+        solvers.get("anderson", history=np.float64(3.0))
 
 
 def test_errors_carry_the_option_its_rule_and_the_value():
