@@ -48,14 +48,14 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from benchmarks import report
+from benchmarks import output as report
 from benchmarks.timing import FAST_COMPILE, median, memory_of
 from models.config import TrainConfig, validate_config
 from models.data import BatchSampler, eval_batches, load_corpus, split_corpus
 from models.lm import deq_backward, make_model
 from models.optim import learning_rate_schedule, make_optimizer
 from models.sharding import make_mesh, replicate, shard_batch, to_host
-from models.solve_reports import BackwardLog, SolveWarnings
+from models.solve_metrics import BackwardLog, SolveWarnings
 from models.step import init_state, make_eval_step, make_train_step, summarize_eval
 from models.xla_setup import prefer_memory_schedule
 

@@ -2,8 +2,8 @@
 ``python -m models.train`` and for variants that each take one part away, against the
 DEQ's unrolled weight-tied twin.
 
-    python -m benchmarks.memory_breakdown                  # the default variants (2-3 minutes)
-    python -m benchmarks.memory_breakdown --variant "--backward-history 2" --variant ""
+    python -m benchmarks.memory_breakdown                  # the default variants
+    python -m benchmarks.memory_breakdown --variant "--backward-solver-options history=2" --variant ""
     python -m benchmarks.memory_breakdown --quick          # a tiny model (numbers not meaningful)
 
 Every row compiles one training step ``θ ← θ − η ∇_θ L(z*(θ), θ)`` and reads its peak from
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import output
 from benchmarks.deq_vs_explicit import Candidate
 from benchmarks.timing import FAST_COMPILE
 from models.config import ConfigError, parse_config
@@ -43,7 +43,7 @@ VARIANTS: tuple[str, ...] = (
     "--backward jfb",
     "--jac-reg 0",
     "--backward jfb --jac-reg 0",
-    "--backward-history 2",
+    "--backward-solver-options history=2",
     "--backward-solver fixed_point --backward-max-iter 30",
     BASELINE,
 )
@@ -54,11 +54,11 @@ QUICK_SIZE = "--d-model 16 --num-heads 2 --seq-len 16 --batch-size 4"
 QUICK_VARIANTS = (DEFAULTS, "--backward jfb", BASELINE)
 
 COLUMNS = (
-    report.Column("variant", "variant (models.train flags)", align="left"),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
-    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
-    report.Column("delta_bytes", "Δ defaults MiB", lambda v: f"{v / 2**20:+.1f}"),
-    report.Column("ratio", "ratio", lambda v: f"{float(v):.3f}"),
+    output.Column("variant", "variant (models.train flags)", align="left"),
+    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
+    output.Column("temp_bytes", "temp MiB", output.fmt_mib),
+    output.Column("delta_bytes", "Δ defaults MiB", lambda v: f"{v / 2**20:+.1f}"),
+    output.Column("ratio", "ratio", lambda v: f"{float(v):.3f}"),
 )
 
 
@@ -116,15 +116,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "delta_bytes": m["peak"] - defaults, "ratio": m["peak"] / baseline,
     } for flags, m in memory.items()]
     settings = {"variants": variants, "baseline": args.baseline, "quick": args.quick}
-    return {"rows": rows, "settings": settings, "machine": report.machine()}
+    return {"rows": rows, "settings": settings, "machine": output.machine()}
 
 
 def render(result: dict[str, Any]) -> str:
     baseline = result["settings"]["baseline"]
     return "\n".join([
         f"Train-step peak memory; ratio to `{baseline}`:", "",
-        report.markdown_table(result["rows"], COLUMNS), "",
-        report.machine_line(result["machine"]),
+        output.markdown_table(result["rows"], COLUMNS), "",
+        output.machine_line(result["machine"]),
     ])
 
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    report.publish(render(result), result, args.json)
+    output.publish(render(result), result, args.json)
     return result
 
 

@@ -4,7 +4,7 @@
     python -m benchmarks.write_results --dry-run       # print what would be written
     python -m benchmarks.write_results --compare-json cs.json --backward-json bm.json
     python -m benchmarks.write_results --deq-json deq.json   # also the DEQ-vs-explicit tables
-    python -m benchmarks.write_results --with-deq            # run deq_vs_explicit too (~15 min)
+    python -m benchmarks.write_results --with-deq            # run deq_vs_explicit too
 
 ``docs/results.md`` (``--output``) is written whole: the machine the numbers were
 measured on, the commands that reproduce them, and the tables of
@@ -18,6 +18,11 @@ go to ``--plots-dir`` and the slow-modes ones are linked from the results file.
 The tables of :mod:`benchmarks.deq_vs_explicit` (with ``--deq-json`` or ``--with-deq``) go
 to the results page and, whole, to the README between ``<!-- deq-vs-explicit:start -->`` and
 ``<!-- deq-vs-explicit:end -->``; without them that README section is left as it is.
+
+The page's "Measured notes" (between ``<!-- notes:start -->`` and ``<!-- notes:end -->``)
+hold figures measured by other commands, each with the command that reproduces it: the
+figures the toolkit's docstrings and ``--help`` texts refer to instead of quoting them. The
+page is rewritten whole, but that section is carried over from the page it replaces.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, report
+from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, output
 from models.xla_setup import prefer_memory_schedule
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 DEQ_START = "<!-- deq-vs-explicit:start -->"
 DEQ_END = "<!-- deq-vs-explicit:end -->"
+NOTES_START = "<!-- notes:start -->"
+NOTES_END = "<!-- notes:end -->"
 RESULTS_DIR = "docs"
 RESULTS_PATH = f"{RESULTS_DIR}/results.md"
 DEFAULT_PLOTS_DIR = f"{RESULTS_DIR}/plots"
@@ -70,10 +77,20 @@ def _commands(quick: bool) -> list[str]:
     ]
 
 
+def measured_notes(page: str) -> Optional[str]:
+    """The "Measured notes" between :data:`NOTES_START` and :data:`NOTES_END` of a results
+    page, or ``None`` when it has none."""
+    if page.count(NOTES_START) != 1 or page.count(NOTES_END) != 1:
+        return None
+    return page.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+
+
 def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool,
-                 page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None) -> str:
+                 page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None,
+                 notes: Optional[str] = None) -> str:
     """The markdown of ``docs/results.md`` (which lies in ``page_dir``, where its plot links
-    start): every table, how it was measured and how to reproduce it."""
+    start): every table, how it was measured and how to reproduce it, then the measured
+    ``notes`` carried over from the page before (:func:`measured_notes`)."""
     lines = [
         "# Benchmark results",
         "",
@@ -107,6 +124,8 @@ def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], qu
             "",
             deq_vs_explicit.render(deq),
         ]
+    if notes:
+        lines += ["", "## Measured notes", "", NOTES_START, notes, NOTES_END]
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +156,7 @@ def _measured_line(compare: dict[str, Any]) -> str:
     machine = compare["machine"]
     date = datetime.date.today().isoformat()
     return (
-        f"Measured {date} on {report.machine_line(machine)}"
+        f"Measured {date} on {output.machine_line(machine)}"
         + (f" (jaxopt {machine.get('jaxopt')}, optimistix {machine.get('optimistix')})"
            if machine.get("optimistix") or machine.get("jaxopt") else "")
         + ". All numbers of a table come from one process, measured side by side "
@@ -167,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a deq_vs_explicit --json output: its tables go to the page and "
                         "to the README's deq-vs-explicit section")
     parser.add_argument("--with-deq", action="store_true",
-                        help="run deq_vs_explicit here for those tables (about 15 minutes)")
+                        help="run deq_vs_explicit here for those tables (long: it trains every "
+                        "model it compares)")
     parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
                         help="where compare_solvers writes the plots the section links")
     return parser
@@ -212,7 +232,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         deq = _load(args.deq_json)
     elif args.with_deq:
         deq = deq_vs_explicit.run(deq_vs_explicit.build_parser().parse_args(quick))
-    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq)
+    notes = None
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as handle:
+            notes = measured_notes(handle.read())
+    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq,
+                        notes)
     summary = readme_summary(compare, backward)
     if args.dry_run:
         print(page)

@@ -25,6 +25,7 @@ from jax import lax
 
 import solvers
 from solvers import Solver, pytree
+from solvers.options import Options, at_least, option
 from solvers.types import PyTree
 
 
@@ -52,7 +53,7 @@ def jacobian_frobenius_sq(
 
 
 @dataclasses.dataclass(frozen=True)
-class JacobianPenalty:
+class JacobianPenalty(Options):
     """``‖(∂f/∂z(z*))ᵏ‖_F² / numel(z*)`` by Hutchinson's estimator: with ``power = k = 1`` the
     Jacobian regulariser of Bai et al. (2021) in their per-element scale.
 
@@ -67,15 +68,9 @@ class JacobianPenalty:
     activations instead of the whole batch's.
     """
 
-    num_probes: int = 1
-    batch: int = 0
-    power: int = 1
-
-    def __post_init__(self) -> None:
-        for name, low in (("num_probes", 1), ("batch", 0), ("power", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"JacobianPenalty {name} must be an integer >= {low}, got {value!r}")
+    num_probes: int = option(1, at_least(1), "Gaussian probes of Hutchinson's estimator")
+    batch: int = option(0, at_least(0), "estimate on the first this many samples (0: all)")
+    power: int = option(1, at_least(1), "k: penalise the k-step Jacobian Jᵏ")
 
     def __call__(
         self, f: Callable[..., PyTree], z: PyTree, *args: PyTree, key: jax.Array
@@ -145,16 +140,15 @@ def solver_trajectory(
 ) -> PyTree:
     """``num_states`` states along a solve of ``z = f(z, *args)``, stacked on a leading axis.
 
-    State ``k`` is the solver's answer after ``steps_per_state`` more iterations
-    from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
+    State ``k`` is the solver's answer after ``steps_per_state`` more iterations (its
+    ``max_iter``, whatever the solver's own) from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
     the states repeat the converged one. Each segment is a fresh solve, so a
     solver with memory (Broyden, Anderson) restarts it per segment. The states
     carry no gradient.
     """
-    options = dict(solver_options or {})
-    if "max_iter" in options:
-        raise TypeError("solver_trajectory sets max_iter to steps_per_state; do not pass it")
-    solve = solvers.get(solver, **options, max_iter=steps_per_state)
+    solve = solvers.get(solver, **dict(solver_options or {}))
+    solve = dataclasses.replace(
+        solve, stopping=dataclasses.replace(solve.stopping, max_iter=steps_per_state))
     fixed_args = lax.stop_gradient(args)
 
     def segment(z: PyTree, _: None) -> tuple[PyTree, PyTree]:

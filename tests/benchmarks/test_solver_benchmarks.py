@@ -134,6 +134,9 @@ def test_write_results_writes_the_page_and_only_the_marked_readme_section(
         f"# title\n\nbefore\n\n{write_results.START}\nold\n{write_results.END}\n\nafter\n",
         encoding="utf-8",
     )
+    page.parent.mkdir()
+    page.write_text(f"# old page\n\nold table\n\n{write_results.NOTES_START}\n- a figure, and "
+                    f"its command\n{write_results.NOTES_END}\n", encoding="utf-8")
     write_results.main(["--readme", str(readme), "--output", str(page),
                         "--compare-json", paths["json"], "--backward-json", backward_json])
     text = readme.read_text(encoding="utf-8")
@@ -144,6 +147,9 @@ def test_write_results_writes_the_page_and_only_the_marked_readme_section(
     full = page.read_text(encoding="utf-8")
     assert "python -m benchmarks.compare_solvers" in full and "| broyden |" in full
     assert "| jfb |" in full
+    # The measured notes are carried over; the old tables are not.
+    assert "- a figure, and its command" in full and "old table" not in full
+    assert write_results.measured_notes(full) == "- a figure, and its command"
 
 
 def test_write_results_puts_the_deq_tables_between_their_own_markers(
