@@ -8,9 +8,11 @@
 * Gradient modes as values (:mod:`implicit.modes`): :class:`Implicit` (implicit
   function theorem, forward and reverse mode; tangent and adjoint equations solved by
   a fixed-point solver or a Krylov solver — :class:`GMRES`, :class:`BiCGStab`,
-  :class:`NormalCG`, :mod:`implicit.linear`), :class:`Phantom`, :class:`JFB` and
-  :class:`Unroll`; the strings ``"implicit"``, ``"phantom"``, ``"jfb"``, ``"unroll"``
-  stand for their defaults.
+  :class:`NormalCG`, :mod:`implicit.linear`), :class:`Phantom`, :class:`JFB`,
+  :class:`Unroll` and :class:`Reversible` (the exact derivative of the reversible
+  iteration, rebuilt backwards in constant memory: :mod:`implicit.reversible`); the strings
+  ``"implicit"``, ``"phantom"``, ``"jfb"``, ``"unroll"``, ``"reversible"`` stand for their
+  defaults.
 * The layers, one signature in every framework (:mod:`implicit.layer`):
   :class:`implicit.haiku.DEQ` (Haiku), and :class:`implicit.flax.DEQ` (Flax NNX) and
   :class:`implicit.equinox.DEQ` (Equinox) as optional extras (``pip install -e
@@ -18,7 +20,8 @@
   and ``implicit.equinox`` are imported on first use. :func:`deq` is a shim with the
   call shape of the original (seed) Haiku DEQ code.
 * Convergence reports (:mod:`implicit.convergence`): :class:`ForwardSolveWarning`,
-  :class:`BackwardSolveWarning` and the monitor's :class:`SolveReport`.
+  :class:`BackwardSolveWarning` (and its :class:`ReconstructionWarning`) and the monitor's
+  :class:`SolveReport`.
 * The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
   mode's gradient is from the exact one, on your own model.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
@@ -39,14 +42,28 @@ from implicit.audit import (
     compare_gradients,
     reference_configuration,
 )
-from implicit.convergence import BackwardSolveWarning, ForwardSolveWarning, SolveReport
+from implicit.convergence import (
+    BackwardSolveWarning,
+    ForwardSolveWarning,
+    ReconstructionWarning,
+    SolveReport,
+)
 from implicit.deq import deq
 from implicit.extras import FRAMEWORKS
 from implicit.fixed_point import fixed_point
 from implicit.layer import DEQSettings
 from implicit.linear import GMRES, KRYLOV_NAMES, BiCGStab, Krylov, NormalCG
 from implicit.linear import available as backward_solvers
-from implicit.modes import BACKWARD_MODES, JFB, Implicit, Mode, Phantom, Unroll, as_mode
+from implicit.modes import (
+    BACKWARD_MODES,
+    JFB,
+    Implicit,
+    Mode,
+    Phantom,
+    Reversible,
+    Unroll,
+    as_mode,
+)
 from implicit.regularizers import (
     JacobianPenalty,
     fixed_point_correction_loss,
@@ -71,6 +88,8 @@ __all__ = [
     "Mode",
     "NormalCG",
     "Phantom",
+    "ReconstructionWarning",
+    "Reversible",
     "SolveReport",
     "Unroll",
     "as_mode",

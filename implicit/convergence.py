@@ -49,12 +49,23 @@ class ForwardSolveWarning(RuntimeWarning):
     """A fixed point was differentiated where its forward solve had not converged."""
 
 
+class ReconstructionWarning(BackwardSolveWarning):
+    """The reversible gradient rebuilt the forward iterates backwards and did not arrive
+    back at the start ``z0`` within its tolerance (or the rebuilt iterates overflowed)."""
+
+
 _ADVICE = {
     BackwardSolveWarning: "Raise max_iter or tol of the backward solver "
     "(Implicit(solver, max_iter=..., tol=...)), or choose another one.",
     ForwardSolveWarning: "The implicit function theorem holds at a fixed point: raise the "
     "forward solver's max_iter or tol, or regularise f toward a contraction.",
+    ReconstructionWarning: "Rebuilding the iterates backwards amplifies rounding errors by "
+    "about the contraction the forward solve achieved: stop it at a looser tol, in fewer "
+    "steps past convergence, or compute in float64.",
 }
+
+_FAILED = {ReconstructionWarning: "missed its start"}
+"""How a warning says that the computation it names failed (default: "did not converge")."""
 
 
 def _warn(category: type, what: str, converged: np.ndarray, residual: np.ndarray,
@@ -64,7 +75,7 @@ def _warn(category: type, what: str, converged: np.ndarray, residual: np.ndarray
         return
     residual = np.asarray(residual)
     warnings.warn(
-        f"{what} did not converge (residual {float(np.max(residual)):.3g}, tol {tol:.3g}; "
+        f"{what} {_FAILED.get(category, 'did not converge')} (residual {float(np.max(residual)):.3g}, tol {tol:.3g}; "
         f"{int(np.size(converged) - np.count_nonzero(converged))} of {np.size(converged)} "
         f"system(s)): the derivative may be inaccurate. {_ADVICE[category]}",
         category,
@@ -93,11 +104,12 @@ def _deliver(monitor: Monitor, solver: str, tol: float, steps: np.ndarray,
 
 def report_backward(
     solver: str, converged: jax.Array, residual: jax.Array, tol: float,
-    steps: Optional[jax.Array] = None, monitor: Optional[Monitor] = None,
+    steps: Optional[jax.Array] = None, monitor: Optional[Monitor] = None, *,
+    category: type = BackwardSolveWarning, what: Optional[str] = None,
 ) -> None:
-    """A backward solve's :class:`BackwardSolveWarning` if it missed ``tol``, and its
-    :class:`SolveReport` to ``monitor`` if there is one."""
-    report_convergence(BackwardSolveWarning, f"the backward solve with {solver!r}",
+    """A backward solve's :class:`BackwardSolveWarning` (or ``category``, about ``what``) if
+    it missed ``tol``, and its :class:`SolveReport` to ``monitor`` if there is one."""
+    report_convergence(category, what or f"the backward solve with {solver!r}",
                        converged, residual, tol)
     if monitor is not None:
         counted = jnp.full(jnp.shape(converged), -1, jnp.int32) if steps is None else steps
