@@ -153,6 +153,16 @@ class TrainConfig:
         1, "DEQ: the Jacobian regulariser penalises ‖(∂f/∂z)ᵏ‖²_F with k = --jac-power (1: "
         "Bai et al. 2021); k > 1 leaves dependence chains shorter than k free", at_least(1),
     )
+    fp_correction: int = _flag(
+        0, "DEQ: fixed-point correction (Bai et al. 2022) with this many states of the forward "
+        "solve, evenly spaced from z0 (k = j·max_iter // K); each state's one-step image "
+        "f(z_k, x) is read out and its loss added with weight gamma^(K+1-j) (0: off)",
+        at_least(0),
+    )
+    fp_correction_gamma: float = _flag(
+        0.8, "DEQ: the weight gamma of the fixed-point correction's losses",
+        between(0, 1, low_open=True),
+    )
     warmup_unrolled: int = _flag(
         0, "DEQ: train the first this many steps as the weight-tied stack of "
         "--warmup-depth blocks (the same parameters, f applied that many times from z = 0, "

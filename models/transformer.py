@@ -33,7 +33,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from implicit import JacobianPenalty, Mode
+from implicit import Correction, JacobianPenalty, Mode
 from implicit.haiku import DEQ, spectral_norm, spectral_norm_params
 from solvers import Reason, Solver, residuals
 
@@ -86,11 +86,16 @@ class LMOutput(NamedTuple):
       jac_loss: scalar Jacobian-regularisation term (0 unless the DEQ was built with
         ``jac_reg > 0`` and called with ``is_training=True``); the caller adds
         ``jac_reg · jac_loss`` to its loss.
+      correction_logits: ``(K, batch, seq, vocab)`` logits of the fixed-point correction's
+        ``K`` states (a DEQ built with a ``correction``, called with ``is_training=True``),
+        else ``None``; the caller adds their weighted losses
+        (:func:`implicit.fixed_point_correction_loss`).
     """
 
     logits: jax.Array
     stats: dict[str, jax.Array]
     jac_loss: jax.Array
+    correction_logits: Optional[jax.Array] = None
 
 
 def causal_attention_mask(mask: jax.Array) -> jax.Array:
@@ -427,7 +432,10 @@ class DEQTransformerLM(_LMBase):
     :class:`solvers.Solver`) and differentiated by ``backward`` (a gradient mode of
     :mod:`implicit.modes` or its name). ``jacobian_penalty`` (an
     :class:`implicit.JacobianPenalty`) is evaluated at ``z*`` when training and returned as
-    :attr:`LMOutput.jac_loss`. The gradient with respect to ``z⁰`` is zero, so starting from
+    :attr:`LMOutput.jac_loss`. With a ``correction`` (an :class:`implicit.Correction`), the
+    training forward solve also hands out some of its iterates ``z_k``, and
+    :attr:`LMOutput.correction_logits` are the readouts of their one-step images
+    ``f(z_k, x)`` (Bai et al. 2022's fixed-point correction, from the one solve). The gradient with respect to ``z⁰`` is zero, so starting from
     ``x`` changes where the solver starts, not the derivative.
 
     With ``remat`` (default) the block is wrapped in ``hk.remat``: the VJPs of the backward
@@ -447,6 +455,7 @@ class DEQTransformerLM(_LMBase):
         max_seq_len: int = 512,
         embed_std: float = 1.0,
         jacobian_penalty: Optional[JacobianPenalty] = None,
+        correction: Optional[Correction] = None,
         remat: bool = True,
         name: str | None = None,
     ) -> None:
@@ -455,6 +464,7 @@ class DEQTransformerLM(_LMBase):
         self.backward = backward
         self.initial_state = initial_state
         self.jacobian_penalty = jacobian_penalty
+        self.correction = correction
         self.remat = remat
 
     def __call__(
@@ -483,16 +493,22 @@ class DEQTransformerLM(_LMBase):
             name="deq",
             return_stats=True,
             jacobian_penalty=penalty,
+            correction=self.correction if is_training else None,
             transform_params=spectral_norm_params(bound) if bound else None,
         )
         z0 = _initial_state(x, self.initial_state)
-        z_star, stats, *jac_loss = deq(x, z0, mask)
+        z_star, stats, *extras = deq(x, z0, mask)
+        correction_logits = None
+        if self.correction is not None and is_training:
+            states = extras.pop()  # (K, batch, seq, d_model)
+            flat = self.readout(states.reshape(-1, *states.shape[2:]))
+            correction_logits = flat.reshape(*states.shape[:2], *flat.shape[1:])
         batch = tokens.shape[0]
         summary = {
             key: jnp.broadcast_to(getattr(stats, key), (batch,)) for key in SOLVE_STAT_KEYS
         }
-        jac = jac_loss[0] if jac_loss else jnp.zeros((), jnp.float32)
-        return LMOutput(self.readout(z_star), summary, jac)
+        jac = extras[0] if extras else jnp.zeros((), jnp.float32)
+        return LMOutput(self.readout(z_star), summary, jac, correction_logits)
 
 
 class UnrolledLM(_LMBase):
