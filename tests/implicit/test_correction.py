@@ -73,7 +73,7 @@ def test_recorded_states_are_the_solvers_own_iterates(name) -> None:
             np.testing.assert_allclose(sol.states[leaf][j], truncated.value[leaf], atol=1e-6)
     one = solvers.get(name, max_iter=12, tol=1e-7, batch_axis=0, record=(2, 4))(
         f, jax.tree_util.tree_map(lambda leaf: leaf[:1], z0), w,
-        jax.tree_util.tree_map(lambda l: l[:1], x))
+        jax.tree_util.tree_map(lambda leaf: leaf[:1], x))
     np.testing.assert_allclose(one.states["a"][:, 0], sol.states["a"][:, 0], atol=1e-6)
 
 
