@@ -120,7 +120,7 @@ def _layer_norm(name: str) -> hk.LayerNorm:
     return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
 
 
-BLOCK_FORMS: tuple[str, ...] = ("injection", "postln", "normalized", "sum", "update")
+BLOCK_FORMS: tuple[str, ...] = ("sum", "injection", "update", "postln", "normalized")
 """The forms of the weight-tied block ``f(z, x)`` (see :class:`DEQBlock`)."""
 
 INITIAL_STATES: tuple[str, ...] = ("zeros", "input")
@@ -157,7 +157,7 @@ class BlockConfig:
     out_init_scale: float = 1.0
     spectral_norm: float = 0.0
     qk_norm: bool = False
-    form: str = "injection"
+    form: str = "sum"
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -233,12 +233,26 @@ class DEQBlock(_Sublayers):
     """The weight-tied block ``f(z, x)`` whose equilibrium ``z* = f(z*, x)`` the DEQ finds.
 
     ``x = E[tokens] + P[positions]`` is the input injection, ``m ∈ {0, 1}`` zeroes padded
-    positions, and ``config.form`` picks the equations:
+    positions, and ``config.form`` picks the equations. Every form has the parameters of
+    one standard Transformer layer (``"normalized"``: one LayerNorm more).
 
-    ``"injection"`` (the residual stream replaced by the injection)::
+    ``"sum"`` (the injection added to the attention's input; the residual stream is ``x``)::
+
+        h = x + Attn(LN(z + x));  f = (h + MLP(LN(h))) · m
+
+    so ``f(0, x)`` is exactly one standard pre-LN Transformer layer applied to ``x``, and
+    the context can reach position ``t`` through ``x`` directly, not only through ``∂f/∂z``.
+
+    ``"injection"`` (attention reads the state alone)::
 
         h⁰ = x + Attn(LN(z));  hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹)), 0 < l < L
         f  = (h + MLP(LN(h))) · m
+
+    with ``L = block_layers`` (further pre-LN layers inside the block; this form only).
+
+    ``"update"`` (the injection plus a whole pre-LN layer's update of the state)::
+
+        a = Attn(LN(z));  f = (x + a + MLP(LN(z + a))) · m
 
     ``"postln"`` (Bai, Kolter and Koltun 2019's DEQ-Transformer layer: post-LN, the injection
     inside the attention's input)::
@@ -249,9 +263,9 @@ class DEQBlock(_Sublayers):
 
         u = z + x;  h = u + Attn(LN(u));  f = LN(h + MLP(LN(h))) · m
 
-    ``L = block_layers`` (further pre-LN layers inside the block; ``"injection"`` only).
-    In ``"injection"`` the state enters only through ``LN(z)`` and in the other two the output
-    is normalised, so ``f`` is bounded and a fixed point exists.
+    In ``"sum"``, ``"injection"`` and ``"update"`` the state enters only through
+    LayerNorms, and in the last two the output is normalised, so ``f`` is bounded and a
+    fixed point exists.
     """
 
     def __call__(

@@ -85,3 +85,33 @@ def test_power_method_spectral_radius_and_its_gradient(x64):
     rho = jax.jit(lambda: spectral_radius(tanh_layer, z, w, x, num_iters=100))()
     dense = np.max(np.abs(np.linalg.eigvals(np.asarray(jax.jacfwd(tanh_layer)(z, w, x)))))
     np.testing.assert_allclose(rho, dense, rtol=1e-6)
+
+
+def test_jacobian_penalty_power_estimates_the_k_step_jacobian(x64):
+    """``JacobianPenalty(power=k)`` is Hutchinson's estimate of ``‖Jᵏ‖_F² / n``: against the
+    dense ``Jᵏ`` of a linear map, with enough probes; and exactly 0 on a nilpotent ``J`` of
+    index ≤ k (a chain of dependences shorter than k), where ``power=1`` is not."""
+    from implicit import JacobianPenalty
+
+    rng = np.random.default_rng(3)
+    n = 6
+    a = jnp.asarray(0.4 * rng.standard_normal((n, n)))
+    b = jnp.zeros(n)
+
+    def linear(z, a, b):
+        return a @ z + b
+
+    z = jnp.zeros(n)
+    for k in (1, 2, 3):
+        penalty = JacobianPenalty(num_probes=8000, power=k)
+        value = jax.jit(lambda a: penalty(linear, z, a, b, key=jax.random.PRNGKey(k)))(a)
+        dense = np.linalg.matrix_power(np.asarray(a), k)
+        np.testing.assert_allclose(value, np.sum(dense ** 2) / n, rtol=0.06)
+    chain = jnp.asarray(np.diag(rng.standard_normal(n - 1) + 2.0, k=-1))  # J³ ≠ 0, Jⁿ = 0
+    chain = chain.at[3:, :].set(0.0)  # rows 3.. cut the chain: J has nilpotency index 3
+    for k, zero in ((1, False), (2, False), (3, True)):
+        value = JacobianPenalty(num_probes=16, power=k)(linear, z, chain, b,
+                                                        key=jax.random.PRNGKey(0))
+        assert (float(value) == 0.0) == zero, (k, float(value))
+    with pytest.raises(ValueError, match="power"):
+        JacobianPenalty(power=0)
