@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import solvers
-from solvers import pytree
 from benchmarks.timing import FAST_COMPILE
 from implicit import (
     BACKWARD_MODES,
@@ -32,6 +31,7 @@ from implicit import (
     fixed_point,
 )
 from implicit.testing.layers import pytree_tanh_layer, tanh_layer
+from solvers import pytree
 
 fast_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
