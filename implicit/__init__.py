@@ -20,7 +20,9 @@
   and ``implicit.equinox`` are imported on first use. :func:`deq` is a shim with the
   call shape of the original (seed) Haiku DEQ code.
 * Convergence reports (:mod:`implicit.convergence`): :class:`ForwardSolveWarning`,
-  :class:`BackwardSolveWarning` (and its :class:`ReconstructionWarning`) and the monitor's
+  :class:`BackwardSolveWarning` (and its :class:`BackwardFallbackWarning`, when
+  ``Implicit(..., fallback=Phantom())`` took over the derivative of the systems whose
+  backward solve failed, and :class:`ReconstructionWarning`) and the monitor's
   :class:`SolveReport`.
 * The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
   mode's gradient is from the exact one, on your own model.
@@ -45,6 +47,7 @@ from implicit.audit import (
     reference_configuration,
 )
 from implicit.convergence import (
+    BackwardFallbackWarning,
     BackwardSolveWarning,
     ForwardSolveWarning,
     ReconstructionWarning,
@@ -76,6 +79,7 @@ from implicit.regularizers import JacobianPenalty, jacobian_frobenius_sq, spectr
 
 __all__ = [
     "BACKWARD_MODES",
+    "BackwardFallbackWarning",
     "BackwardSolveWarning",
     "Correction",
     "BiCGStab",

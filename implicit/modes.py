@@ -61,11 +61,18 @@ from implicit.convergence import (
     report_backward,
     report_convergence,
 )
-from implicit.linear import KRYLOV_SOLVERS, Krylov, available, make_linear_solve
+from implicit.linear import (
+    KRYLOV_SOLVERS,
+    Krylov,
+    LinearSolve,
+    available,
+    damped_steps,
+    make_linear_solve,
+)
 from implicit.linear_map import linear_map
 from solvers import Method, ReversibleFixedPoint, Solver, WarmStartable
 from solvers.flat import flat_view
-from solvers.options import Options, above, at_least, between, option
+from solvers.options import Check, Options, above, at_least, between, option
 from solvers.solver import compute_dtype
 from solvers.types import PyTree, Solution, Stats
 
@@ -191,19 +198,34 @@ class Implicit(Mode):
         (``ValueError`` at the first call if they cannot); ``False``: never. The
         derivative is the same either way, to the backward tolerance; only the number of
         backward iterations changes.
+      fallback: ``None`` (default), or an approximate mode, :class:`Phantom` or
+        :class:`JFB` (or ``"phantom"``, ``"jfb"``), that takes over the derivative of each
+        system whose tangent or adjoint solve missed its tolerance. Such a system's tangent
+        (adjoint) is then ``k`` damped steps ``t ← (1 − λ) t + λ (J t + ∂f/∂args·ȧ)``
+        from 0 (``u ← (1 − λ) u + λ (Jᵀ u + ḡ)``), i.e. the phantom gradient linearised at
+        ``z*``; a converged system keeps the implicit derivative. Per sample with a
+        fixed-point backward solver and ``batch_axis=0`` (or under ``vmap``); a Krylov
+        solve, or ``batch_axis=None``, is one system and falls back as a whole.
       monitor: a function that receives an :class:`implicit.SolveReport` (iterations,
-        convergence and residual per system) of every backward solve, at run time and
-        under ``jit`` too; for training metrics and tests.
+        convergence and residual per system, and which systems fell back) of every
+        backward solve, at run time and under ``jit`` too; for training metrics and tests.
 
     Differentiating at a forward solve that did not converge emits
     :class:`implicit.ForwardSolveWarning`; a backward solve that does not converge,
-    :class:`implicit.BackwardSolveWarning`.
+    :class:`implicit.BackwardSolveWarning`, or with a ``fallback``
+    :class:`implicit.BackwardFallbackWarning`, which counts the systems that fell back.
     """
 
     name: ClassVar[str] = "implicit"
     solver: BackwardSolver = option(None, None, "the backward solver (see the class docstring)")
     reuse_inverse: Optional[bool] = option(
         None, None, "start a Broyden adjoint from the forward solve's inverse estimate (SHINE)",
+        kw_only=True,
+    )
+    fallback: Union[Phantom, str, None] = option(
+        None, Check(lambda v: v is None or isinstance(v, Phantom) or v in ("phantom", "jfb"),
+                    "None, Phantom(...), JFB(), 'phantom' or 'jfb'"),
+        "the approximate mode of the systems whose backward solve misses its tolerance",
         kw_only=True,
     )
     monitor: Optional[Monitor] = option(
@@ -214,6 +236,8 @@ class Implicit(Mode):
         super().__post_init__()
         if isinstance(self.solver, str):
             object.__setattr__(self, "solver", _backward_value(self.solver))
+        if isinstance(self.fallback, str):
+            object.__setattr__(self, "fallback", as_mode(self.fallback))
 
     def backward_for(self, forward: Solver) -> Union[Solver, Krylov]:
         """The backward solver of a solve by ``forward`` (see the class docstring)."""
@@ -269,10 +293,14 @@ class Implicit(Mode):
 
             prior = state if reuse else None
             transposed = backward.method.transpose(prior) if reuse else None
+            fallback = dict(monitor=self.monitor)
+            if self.fallback is not None:
+                fallback.update(fallback=self.fallback.linear_solve(),
+                                fallback_name=repr(self.fallback))
             t = lax.custom_linear_solve(
                 matvec, jax.tree_util.tree_map(jnp.negative, rhs),
-                solve=make_linear_solve(backward, prior, self.monitor),
-                transpose_solve=make_linear_solve(backward, transposed, self.monitor),
+                solve=make_linear_solve(backward, prior, **fallback),
+                transpose_solve=make_linear_solve(backward, transposed, **fallback),
             )
             return outputs, (t, *_zero_tangents((stats, state, states)))
 
@@ -314,6 +342,12 @@ class Phantom(Mode):
             lambda s, u: s + (u - lax.stop_gradient(u)), z_star, unrolled
         )
         return Solution(value, _no_gradient(solution.stats), _no_gradient(solution.states))
+
+    def linear_solve(self) -> LinearSolve:
+        """This derivative as a solve of the tangent (adjoint) equation, linearised at
+        ``z*``: ``steps`` damped steps from 0 (:func:`implicit.linear.damped_steps`); the
+        fallback of :class:`Implicit`."""
+        return damped_steps(self.steps, self.damping)
 
 
 @dataclasses.dataclass(frozen=True)
