@@ -251,7 +251,9 @@ def make_linear_solve(backward: Solver | Krylov, prior: Any = None,
         x, fell_back = result.x, None
         if fallback is not None:
             fell_back = ~result.converged
-            x = _per_system(result.converged, x, fallback(matvec, b))
+            # The fallback runs only when a system needs it (under vmap, cond runs both).
+            x = _per_system(result.converged, x, lax.cond(
+                jnp.all(result.converged), lambda: x, lambda: fallback(matvec, b)))
         report_backward(backward.name, result.converged, result.residual, tol, result.steps,
                         monitor, fell_back=fell_back, fallback=fallback_name)
         return x

@@ -44,7 +44,8 @@ with a fixed ``max_iter``, a tolerance below what the dtype resolves), which con
 nothing and whose inverses amplify noise with nothing to cancel it, and faster for ``β``
 near 1. A sample whose rebuilt pair overflows stops there, keeping the contributions of the
 steps rebuilt before, and is reported as failed. McCallum et al. (2025) discuss the same
-trade-off; docs/results.md has measurements in float32 and float64.
+trade-off; ``python -m benchmarks.backward_modes`` shows it in float32 (its ``reversible``
+row, against the float64 exact gradient).
 
 McCallum, Arora and Foster (2025), "Reversible deep equilibrium models", arXiv:2509.12917.
 """
@@ -113,7 +114,7 @@ def gradient_error(start_error: jax.Array, trace: jax.Array) -> jax.Array:
     fastest, where the cotangents shrink as fast, so the two cancel to first order; what
     remains comes from the slowest directions, whose cotangents shrink only by about the
     residual's own reduction. Against float64 references the estimate is of the order of the
-    actual error, and above it where the rebuild lost the trajectory (docs/results.md).
+    actual error, and above it where the rebuild lost the trajectory.
     """
     first, last = trace[:, 0], trace[:, -1]
     reduction = jnp.where(jnp.isfinite(first) & (first > 0), last / first, 0)
