@@ -218,7 +218,10 @@ def damped_steps(steps: int, damping: float) -> LinearSolve:
             return jax.tree_util.tree_map(lambda xi, ai, bi: xi + damping * (ai - bi),
                                           x, matvec(x), b), None
 
-        return lax.scan(step, jax.tree_util.tree_map(jnp.zeros_like, b), None, length=steps)[0]
+        first = jax.tree_util.tree_map(lambda bi: -damping * bi, b)  # A·0 = 0: no product
+        if steps == 1:
+            return first
+        return lax.scan(step, first, None, length=steps - 1)[0]
 
     return linear_solve
 

