@@ -19,7 +19,9 @@ that carry no gradient; they differ in the derivative attached to the value. Wit
   solve into the adjoint fixed point ``u = Jᵀ u + ḡ``, pulled back through the same
   linearisation) and any composition of them (``jacfwd``, ``hessian``, ``vmap``). The
   forward solve is not differentiated, so memory does not grow with the number of
-  forward iterations.
+  forward iterations. With ``fallback=Phantom(...)``, each system whose tangent or adjoint
+  solve misses its tolerance takes the phantom derivative instead (a per-system choice
+  inside the same linear solve, so it serves every mode of differentiation too).
 * :class:`Phantom` — the unrolled phantom gradient (Geng et al. 2021): the
   derivative of ``k`` damped steps ``z ← (1 − λ) z + λ f(z, *args)`` from
   ``stop_gradient(z*)``.
