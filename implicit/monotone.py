@@ -16,8 +16,8 @@ splitting converges.
 The framework layers (``implicit.haiku.MonDEQ``, ``implicit.flax.MonDEQ``,
 ``implicit.equinox.MonDEQ``) have the signature of every DEQ layer (:mod:`implicit.layer`):
 ``MonDEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
-**solver_options)``, where ``block`` is the framework's ``MonotoneBlock`` (the parameters
-above, callable as ``block(z, x) = σ(W z + U x + b)``). Each builds the operator
+correction, **solver_options)``, where ``block`` is the framework's ``MonotoneBlock`` (the
+parameters above, callable as ``block(z, x) = σ(W z + U x + b)``). Each builds the operator
 ``solvers.splitting.MonotoneOperator(W, U x + b, σ)`` once per call, outside the solver
 loop, and solves ``z = op(z)`` with :func:`implicit.fixed_point` (:func:`solve`): a
 splitting solver steps on the operator, any other solver iterates ``op``, and the gradient
@@ -169,11 +169,12 @@ def solve(
     z0: Optional[jax.Array] = None, key: Optional[jax.Array] = None,
 ) -> tuple[Solution, Any]:
     """Solve the layer's equilibrium for input ``x`` from ``z0`` (default zeros); return the
-    solution and what the layer returns (``z*``, then the statistics and the penalty its
-    settings ask for). ``params`` are the block's parameters (:data:`PARAMS`), already
-    mapped by ``config.transform_params`` in the framework's own form."""
+    solution and what the layer returns (``z*``, then the statistics, the penalty and the
+    correction's states its settings ask for). ``params`` are the block's parameters
+    (:data:`PARAMS`), already mapped by ``config.transform_params`` in the framework's own
+    form."""
     operator = block.operator(params, x)
     z0 = initial_state(operator, z0)
     solution = fixed_point(equilibrium_map, z0, operator, x, solver=config.solver,
-                           backward=config.backward)
+                           backward=config.backward, correction=config.correction)
     return solution, config.outputs(solution, equilibrium_map, operator, x, (), key)

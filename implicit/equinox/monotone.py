@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from implicit import monotone as core
+from implicit.correction import Correction
 from implicit.layer import DEQSettings, ParamsMap
 from implicit.modes import Mode
 from implicit.regularizers import JacobianPenalty
@@ -73,14 +74,16 @@ class MonDEQ(eqx.Module):
     unique ``z* = σ(W z* + U x + b)`` of its :class:`MonotoneBlock`.
 
     ``MonDEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
-    **solver_options)`` is the signature of every framework's layer (:mod:`implicit.layer`).
+    correction, **solver_options)`` is the signature of every framework's layer
+    (:mod:`implicit.layer`).
 
     Args:
       block: a :class:`MonotoneBlock`.
       solver: any solver; the splitting methods ``"peaceman_rachford"`` (converges for
         every ``alpha``) and ``"forward_backward"`` step on the block's operator, which
         the layer builds once per call.
-      backward, return_stats, jacobian_penalty, transform_params, **solver_options: as for
+      backward, return_stats, jacobian_penalty, transform_params, correction,
+        **solver_options: as for
         every layer; ``transform_params`` maps the block's array leaves. With a splitting
         solver, ``backward="implicit"`` solves the tangent and adjoint equations with GMRES
         (:func:`implicit.monotone.settings`).
@@ -97,14 +100,16 @@ class MonDEQ(eqx.Module):
         self, block: MonotoneBlock, *, solver: Union[str, Solver] = "broyden",
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
-        transform_params: Optional[ParamsMap] = None, **solver_options: Any,
+        transform_params: Optional[ParamsMap] = None,
+        correction: Optional[Correction] = None, **solver_options: Any,
     ) -> None:
         if not isinstance(block, MonotoneBlock):
             raise TypeError(f"implicit.equinox.MonDEQ needs an implicit.equinox.MonotoneBlock, "
                             f"got {type(block).__name__}")
         self.block = block
         self.settings = core.settings(DEQSettings.build(
-            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options))
+            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options,
+            correction))
 
     solver = property(lambda self: self.settings.solver, doc="The forward solver.")
     backward = property(lambda self: self.settings.backward, doc="The gradient mode.")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from implicit import monotone as core
+from implicit.correction import Correction
 from implicit.layer import DEQSettings, ParamsMap
 from implicit.modes import Mode
 from implicit.regularizers import JacobianPenalty
@@ -69,7 +70,8 @@ class MonDEQ(nnx.Module):
     ``z* = σ(W z* + U x + b)`` of its :class:`MonotoneBlock`.
 
     ``MonDEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
-    **solver_options)`` is the signature of every framework's layer (:mod:`implicit.layer`);
+    correction, **solver_options)`` is the signature of every framework's layer
+    (:mod:`implicit.layer`);
     ``rngs`` is Flax's own, as for :class:`implicit.flax.DEQ`.
 
     Args:
@@ -77,7 +79,8 @@ class MonDEQ(nnx.Module):
       solver: any solver; the splitting methods ``"peaceman_rachford"`` (converges for
         every ``alpha``) and ``"forward_backward"`` step on the block's operator, which
         the layer builds once per call.
-      backward, return_stats, jacobian_penalty, transform_params, **solver_options: as for
+      backward, return_stats, jacobian_penalty, transform_params, correction,
+        **solver_options: as for
         every layer; ``transform_params`` maps the block's ``nnx.State``. With a splitting
         solver, ``backward="implicit"`` solves the tangent and adjoint equations with GMRES
         (:func:`implicit.monotone.settings`).
@@ -93,6 +96,7 @@ class MonDEQ(nnx.Module):
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
         transform_params: Optional[ParamsMap] = None,
+        correction: Optional[Correction] = None,
         rngs: Union[nnx.Rngs, nnx.RngStream, None] = None, **solver_options: Any,
     ) -> None:
         if not isinstance(block, MonotoneBlock):
@@ -100,7 +104,8 @@ class MonDEQ(nnx.Module):
                             f"{type(block).__name__}")
         self.block = block
         self.settings = core.settings(DEQSettings.build(
-            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options))
+            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options,
+            correction))
         self.rngs = nnx.data(None if rngs is None else (
             rngs["default"].fork() if isinstance(rngs, nnx.Rngs) else rngs.fork()))
         if jacobian_penalty is not None and self.rngs is None:

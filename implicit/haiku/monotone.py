@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from implicit import monotone as core
+from implicit.correction import Correction
 from implicit.haiku.layer import STATS_FIELDS
 from implicit.layer import DEQSettings
 from implicit.modes import Mode
@@ -72,7 +73,8 @@ class MonDEQ(hk.Module):
     ``z* = σ(W z* + U x + b)`` of its :class:`MonotoneBlock`.
 
     ``MonDEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
-    **solver_options)`` is the signature of every framework's layer (:mod:`implicit.layer`);
+    correction, **solver_options)`` is the signature of every framework's layer
+    (:mod:`implicit.layer`);
     ``name`` and ``record_state`` are Haiku's own, as for :class:`implicit.haiku.DEQ`.
 
     Args:
@@ -80,7 +82,8 @@ class MonDEQ(hk.Module):
       solver: any solver; the splitting methods ``"peaceman_rachford"`` (converges for
         every ``alpha``) and ``"forward_backward"`` step on the block's operator, which
         the layer builds once per call.
-      backward, return_stats, jacobian_penalty, transform_params, **solver_options: as for
+      backward, return_stats, jacobian_penalty, transform_params, correction,
+        **solver_options: as for
         every layer. ``transform_params`` maps ``{block.module_name: {"a": ..., "b": ...,
         "u": ..., "bias": ...}}``, the block's entry of the Haiku parameters. With a
         splitting solver, ``backward="implicit"`` solves the tangent and adjoint equations
@@ -98,6 +101,7 @@ class MonDEQ(hk.Module):
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
         transform_params: Optional[Callable[[hk.Params], hk.Params]] = None,
+        correction: Optional[Correction] = None,
         name: Optional[str] = None, record_state: bool = False, **solver_options: Any,
     ) -> None:
         super().__init__(name=name)
@@ -106,7 +110,8 @@ class MonDEQ(hk.Module):
                             f"got {type(block).__name__}")
         self.block = block
         self.settings = core.settings(DEQSettings.build(
-            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options))
+            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options,
+            correction))
         self.record_state = record_state
 
     solver = property(lambda self: self.settings.solver, doc="The forward solver.")
