@@ -7,6 +7,7 @@ its function stretches (:func:`spectral_norm_params` for the layer's ``transform
 from implicit.haiku.layer import DEQ, STATS_FIELDS
 from implicit.haiku.monotone import MonDEQ, MonotoneBlock
 from implicit.haiku.norms import (
+    apply_norm,
     largest_singular_value,
     linear_weights,
     spectral_norm,
@@ -19,6 +20,7 @@ __all__ = [
     "MonDEQ",
     "MonotoneBlock",
     "STATS_FIELDS",
+    "apply_norm",
     "largest_singular_value",
     "linear_weights",
     "spectral_norm",
