@@ -78,7 +78,7 @@ def test_spectral_norm_of_a_known_matrix_exact_and_by_power_iteration():
                                    rtol=1e-8)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(shape=st.sampled_from([(3, 5), (6, 6), (8, 2)]), scale=st.floats(0.05, 20.0),
        bound=st.floats(0.2, 5.0), seed=st.integers(0, 2**16))
 def test_a_clipped_fixed_spectral_norm_is_the_haiku_bound(shape, scale, bound, seed):
@@ -143,7 +143,8 @@ def test_errors_name_the_norm_the_option_and_the_leaf():
 
 
 # ------------------------------------------------------------------------------------------
-# The frameworks: reset re-estimates after the weights change; a normalised block in a DEQ.
+# The frameworks: reset re-estimates after the weights change; a normalised block in a DEQ
+# (backward="jfb": one cheap compile; the derivative of the solve is tested elsewhere).
 
 OLD = known_matrix((3.0, 1.0), (2, 2), seed=4)
 NEW = known_matrix((3.0, 1.0), (2, 2), seed=5)  # other singular vectors
@@ -215,8 +216,8 @@ class FlaxBlock(nnx.Module):
 def test_a_normalised_flax_block_in_a_deq_converges_and_trains():
     block = implicit.flax.apply_norm(FlaxBlock(nnx.Rngs(0)), "spectral_norm", target=0.8,
                                      rngs=nnx.Rngs(1), power_iterations=30)
-    layer = implicit.flax.DEQ(block, solver="fixed_point", tol=1e-6, max_iter=100,
-                              return_stats=True)
+    layer = implicit.flax.DEQ(block, solver="fixed_point", backward="jfb", tol=1e-6,
+                              max_iter=100, return_stats=True)
     x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
 
     def loss(layer):
@@ -248,7 +249,8 @@ def test_a_normalised_equinox_block_in_a_deq_converges_and_trains():
     linear = eqx.tree_at(lambda m: m.weight, linear, 3.0 * linear.weight)
     block = implicit.equinox.apply_norm(Block(linear), "weight_norm", learn_scale=False,
                                         target=0.5)
-    layer = implicit.equinox.DEQ(block, solver="fixed_point", tol=1e-6, max_iter=100)
+    layer = implicit.equinox.DEQ(block, solver="fixed_point", backward="jfb", tol=1e-6,
+                                 max_iter=100)
     x = jnp.linspace(-1.0, 1.0, 3)
 
     def loss(m):
