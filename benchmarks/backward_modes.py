@@ -14,9 +14,9 @@ Every mode differentiates the same forward solve (``--solver``, per-sample relat
 * ``phantom`` — ``--phantom-steps`` damped steps from ``z*`` (damping ``--phantom-damping``);
 * ``jfb`` — Jacobian-free backprop (one undamped step, ``∂f/∂z`` taken as 0);
 * ``unroll`` — backpropagation through all ``--max-iter`` solver iterations (fixed length);
-* ``implicit+fallback`` — the implicit gradient (adjoint solved by the forward solver) whose
-  samples with an adjoint solve that misses its tolerance fall back to the phantom gradient
-  (``Implicit(fallback=...)``);
+* ``implicit[fixed_point]+fallback`` — the implicit gradient with plain iteration as the
+  adjoint solver, whose samples with an adjoint solve that misses its tolerance fall back to
+  the phantom gradient (``Implicit("fixed_point", fallback=...)``);
 * ``reversible`` — the exact gradient of the reversible iteration (which then is the forward
   solver, with the same stopping rule), rebuilt backwards in constant memory.
 
@@ -91,6 +91,11 @@ class Candidate:
     reports: Optional[list] = dataclasses.field(default=None, compare=False)
 
 
+FALLING_BACK = "fixed_point"
+"""The backward solver of the fallback's row: plain iteration, the one that fails where the
+adjoint is not contractive, beside its own ``implicit[fixed_point]`` row."""
+
+
 def candidates(phantom: Phantom) -> list[Candidate]:
     """``implicit[...]`` for every registered and Krylov backward solver, then the others."""
     implicit = [Candidate(f"implicit[{name}]", Implicit(name)) for name in backward_solvers()]
@@ -99,8 +104,8 @@ def candidates(phantom: Phantom) -> list[Candidate]:
         Candidate(f"phantom[k={phantom.steps}, λ={phantom.damping:g}]", phantom),
         Candidate("jfb", JFB()),
         Candidate("unroll", Unroll()),
-        Candidate("implicit+fallback", Implicit(fallback=phantom, monitor=reports.append),
-                  reports),
+        Candidate(f"implicit[{FALLING_BACK}]+fallback",
+                  Implicit(FALLING_BACK, fallback=phantom, monitor=reports.append), reports),
         Candidate("reversible", Reversible()),
     ]
 

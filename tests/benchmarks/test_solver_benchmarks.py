@@ -114,7 +114,7 @@ def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -
     assert set(result["modes"]) == modes
     assert {f"implicit[{name}]" for name in implicit.backward_solvers()} <= modes
     assert {f"implicit[{name}]" for name in implicit.KRYLOV_NAMES} <= modes
-    assert {"jfb", "unroll", "implicit+fallback", "reversible"} <= modes
+    assert {"jfb", "unroll", "implicit[fixed_point]+fallback", "reversible"} <= modes
     assert any(m.startswith("phantom") for m in modes)
     for row in result["rows"]:
         assert row["status"] == "ok", row
@@ -122,6 +122,8 @@ def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -
             assert _finite(row[key]), (row["mode"], key, row[key])
         if row["backward"] == "implicit":
             assert row["cosine"] > 0.999, row
+        if row["mode"].endswith("+fallback"):
+            assert 0.0 <= row["fell_back"] <= 1.0, row
 
 
 def test_write_results_writes_the_page_and_only_the_marked_readme_section(
