@@ -16,11 +16,16 @@ checkpoint and exits with status 130; ``--resume`` continues from it and ends wi
 parameters and metrics as an uninterrupted run; ``--resume`` with a larger ``--steps`` extends
 the run, re-laying the learning-rate schedule for the new total.
 
-The run directory is safe (:mod:`models.rundir`): one process at a time (``run.lock``), stale
-temporary files deleted at start, a fresh start over an existing run refused without
-``--overwrite``, the checkpoint before the latest kept as ``checkpoint.prev.npz``, and a
-checkpoint verified before it is used (:mod:`models.checkpoint`). All of that is checked
-before the data is loaded and the steps are compiled.
+The run directory is safe (:mod:`models.rundir`): writable, one process at a time
+(``run.lock``) and one user's, stale temporary files deleted at start, a fresh start over an
+existing run refused without ``--overwrite``, the checkpoint before the latest kept as
+``checkpoint.prev.npz``, and a checkpoint verified before it is used
+(:mod:`models.checkpoint`). All of that is checked before the data is loaded and the steps
+are compiled. The SHA-256 of the corpus's bytes is recorded in ``config.json`` and in every
+checkpoint; ``--resume`` on a corpus that has changed since is refused, naming it, unless
+``--allow-data-change``. A write that fails (a full disk: ``ENOSPC``; a file-size limit:
+``EFBIG``) stops training with one line naming the file and the last checkpoint, which it
+leaves intact, and leaves nothing half-written (:mod:`models.metrics`, :mod:`models.rundir`).
 
 Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory (one
 ``error:`` line); 3 training stopped because a training or validation loss, or the updated
@@ -33,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import signal
@@ -83,8 +89,10 @@ from models.rundir import (
     RunDirError,
     RunLock,
     atomic_write,
+    check_writable,
     ensure_run_dir,
     remove_stale_temporaries,
+    writing,
 )
 from models.sample import generate
 from models.sharding import (
@@ -129,6 +137,8 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
 """Failures that ``main`` reports as one ``error:`` line with status 2."""
 
 CONFIG_NAME, SUMMARY_NAME, SAMPLE_NAME = "config.json", "summary.json", "sample.txt"
+DATA_HASH_KEY: str = "data_sha256"
+"""The key of the corpus's SHA-256 in ``config.json`` and in each checkpoint's metadata."""
 RUN_FILES: tuple[str, ...] = (
     CHECKPOINT_NAME, PREVIOUS_NAME, METRICS_NAME, PLOT_NAME, CONFIG_NAME, SUMMARY_NAME,
     SAMPLE_NAME,
@@ -278,6 +288,7 @@ class _Run:
     metrics_log: MetricsLog
     t_begin: float
     last_checkpoint: int | None  # the step of the latest checkpoint in run_dir, if any
+    data_sha256: str  # of the corpus's bytes, recorded in config.json and each checkpoint
     train_seconds: float = 0.0  # in the loop, this session
     stop_reason: str = ""  # why the loop stopped early, if it did
 
@@ -301,9 +312,19 @@ class _Run:
             return
         host = to_host(self.state)
         if self.writer:
-            save_checkpoint(self.checkpoint_file, host, step=step, config=self.config.to_dict(),
-                            previous=previous_checkpoint_path(self.run_dir))
+            with writing(self.checkpoint_file):
+                save_checkpoint(self.checkpoint_file, host, step=step,
+                                config=self.config.to_dict(),
+                                previous=previous_checkpoint_path(self.run_dir),
+                                extra={DATA_HASH_KEY: self.data_sha256})
         self.last_checkpoint = step
+
+    def kept(self) -> str:
+        """Where a stopped run can continue from: its intact last checkpoint, if any."""
+        if self.last_checkpoint is None:
+            return "no checkpoint had been written yet"
+        return (f"the checkpoint of step {self.last_checkpoint} ({str(self.checkpoint_file)!r}) "
+                "is intact")
 
 
 def _holds_run(run_dir: Path) -> list[str]:
@@ -321,6 +342,7 @@ def _claim_run_dir(
     """Make and lock the run directory (released when ``stack`` closes), delete stale
     temporary files, and refuse a fresh start over a run without ``--overwrite``."""
     ensure_run_dir(run_dir)
+    check_writable(run_dir)
     lock = stack.enter_context(RunLock(run_dir))
     if lock.took_over is not None:
         log(f"note: process {lock.took_over} left its lock on {str(run_dir)!r} and is no "
@@ -391,10 +413,15 @@ def _setup(
     start = checkpoint.step if checkpoint is not None else 0
     metrics_log = MetricsLog(run_dir, enabled=writer)
     metrics_log.start(start if checkpoint is not None else None)
-    if writer:
-        atomic_write(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
 
     corpus = load_corpus(config.data, max_bytes=config.max_bytes or None)
+    data_sha256 = hashlib.sha256(corpus).hexdigest()
+    if checkpoint is not None:
+        _check_data(config, checkpoint, data_sha256, len(corpus), log)
+    if writer:
+        with writing(run_dir / CONFIG_NAME):
+            atomic_write(run_dir / CONFIG_NAME, json.dumps(
+                {**config.to_dict(), DATA_HASH_KEY: data_sha256}, indent=2) + "\n")
     try:
         train_bytes, valid_bytes = split_corpus(corpus, config.valid_fraction, config.seq_len + 1)
         next(eval_batches(valid_bytes, config.batch_size, config.seq_len))  # one batch at least
@@ -429,7 +456,29 @@ def _setup(
         programs=programs, state=replicate(host_state, mesh), start=start,
         metrics_log=metrics_log, t_begin=t_begin,
         last_checkpoint=checkpoint.step if checkpoint is not None else None,
+        data_sha256=data_sha256,
     )
+
+
+def _check_data(config: TrainConfig, checkpoint: Checkpoint, digest: str, size: int,
+                log: Callable[[str], None]) -> None:
+    """Refuse to resume on a corpus whose bytes differ from those the checkpoint was trained
+    on (by their SHA-256), unless ``--allow-data-change``."""
+    recorded = checkpoint.meta.get(DATA_HASH_KEY)
+    if recorded is None:
+        log(f"note: checkpoint {str(checkpoint.path)!r} records no hash of its data (written "
+            "by an older version); the corpus is not checked")
+        return
+    if recorded == digest:
+        return
+    change = (f"the corpus {config.data!r} has changed since the checkpoint of step "
+              f"{checkpoint.step} was written (SHA-256 {recorded[:12]}… then, {digest[:12]}… "
+              f"now, of its {size:,} bytes)")
+    if not config.allow_data_change:
+        raise DataError(f"{change}: resuming would train on other text than the run began "
+                        "with. Restore it, or pass --allow-data-change to continue on the "
+                        "new text")
+    log(f"note: {change}; continuing on the new text (--allow-data-change)")
 
 
 def _silent(message: str) -> None:
@@ -613,9 +662,11 @@ def _finish(run: _Run, status: str) -> TrainResult:
                 config.sample_len, seq_len=config.seq_len, temperature=config.temperature,
                 seed=config.seed,
             )
-            atomic_write(run.run_dir / SAMPLE_NAME, sample + "\n")
+            with writing(run.run_dir / SAMPLE_NAME):
+                atomic_write(run.run_dir / SAMPLE_NAME, sample + "\n")
         summary["sample"] = sample
-        atomic_write(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        with writing(run.run_dir / SUMMARY_NAME):
+            atomic_write(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         log(
             f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
             f"{valid['bpb']:.3f} bits/byte (unigram {run.unigram:.3f}, uniform 8.000); forward "
@@ -704,7 +755,16 @@ def train(
     """
     with contextlib.ExitStack() as stack:  # holds the run directory's lock
         run = _setup(config, devices, log, compiler_options, stack)
-        return _finish(run, _loop(run, on_step))
+        try:
+            return _finish(run, _loop(run, on_step))
+        except RunDirError as err:  # a write failed: say where the run can continue from
+            done = int(to_host(run.state.step))
+            then = ("continue with the same flags plus --resume" if run.last_checkpoint
+                    is not None else "start again with --overwrite")
+            raise RunDirError(
+                f"training stopped after step {done}: {err}. Nothing half-written was left "
+                f"behind, and {run.kept()}: make room (or lift the limit), then {then}"
+            ) from err
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
