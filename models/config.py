@@ -183,6 +183,11 @@ class TrainConfig:
     )
     num_processes: int = _flag(0, "number of processes (--distributed; 0 to auto-detect)")
     process_id: int = _flag(-1, "this process's index (--distributed; -1 to auto-detect)")
+    peer_timeout: int = _flag(
+        60, "(--distributed) seconds after which a process that stopped answering counts as "
+        "lost, and the others stop with an error instead of waiting for it (a killed "
+        "process is noticed at once)"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +229,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset(
         "coordinator_address",
         "num_processes",
         "process_id",
+        "peer_timeout",
         "allow_data_change",
     }
 )
@@ -253,7 +259,7 @@ class ConfigError(ValueError):
 _POSITIVE = (
     "d_model", "num_heads", "block_layers", "mlp_ratio", "depth", "max_iter", "history",
     "backward_max_iter", "backward_history", "phantom_steps", "steps", "batch_size", "seq_len",
-    "warmup_depth",
+    "warmup_depth", "peer_timeout",
 )
 _NON_NEGATIVE = (
     "max_bytes", "jac_batch", "warmup_steps", "warmup_unrolled", "eval_every", "eval_batches",

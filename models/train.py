@@ -27,10 +27,14 @@ checkpoint; ``--resume`` on a corpus that has changed since is refused, naming i
 ``EFBIG``) stops training with one line naming the file and the last checkpoint, which it
 leaves intact, and leaves nothing half-written (:mod:`models.metrics`, :mod:`models.rundir`).
 
-Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory (one
-``error:`` line); 3 training stopped because a training or validation loss, or the updated
-parameters, were not finite (that step is not checkpointed; the last good checkpoint is kept);
-130 interrupted.
+A ``--distributed`` run that loses a process stops at once in every other process, with one
+``error:`` line naming the lost one (:mod:`models.peers`); restarting all of them with
+``--resume`` continues it bit for bit.
+
+Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory, a failed
+write, or a lost process (one ``error:`` line); 3 training stopped because a training or
+validation loss, or the updated parameters, were not finite (that step is not checkpointed;
+the last good checkpoint is kept); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -85,6 +90,14 @@ from models.metrics import (
     read_metrics,
 )
 from models.optim import learning_rate_schedule, make_optimizer
+from models.peers import (
+    PeerLostError,
+    join_supervisor,
+    lost_peer,
+    peer_table,
+    supervise,
+    wants_supervisor,
+)
 from models.rundir import (
     RunDirError,
     RunLock,
@@ -120,6 +133,7 @@ __all__ = [
     "TrainResult",
     "train",
     "main",
+    "command",
     "INTERRUPTED_EXIT",
     "ERROR_EXIT",
     "DIVERGED_EXIT",
@@ -132,7 +146,7 @@ ERROR_EXIT: int = 2
 DIVERGED_EXIT: int = 3
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, CheckpointError, MetricsError, RunDirError,
+    ConfigError, DataError, CheckpointError, MetricsError, RunDirError, PeerLostError,
 )
 """Failures that ``main`` reports as one ``error:`` line with status 2."""
 
@@ -261,12 +275,26 @@ def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
 
 
 def _initialize_distributed(config: TrainConfig) -> None:
-    if config.distributed:
+    """Join the other processes (``--distributed``): a process that stops answering for
+    ``--peer-timeout`` seconds counts as lost (JAX's heartbeat timeout), and so does one that
+    has not joined within ``max(300, --peer-timeout)`` seconds."""
+    if not config.distributed:
+        return
+    try:
         jax.distributed.initialize(
             coordinator_address=config.coordinator_address or None,
             num_processes=config.num_processes or None,
             process_id=config.process_id if config.process_id >= 0 else None,
+            initialization_timeout=max(300, config.peer_timeout),
+            heartbeat_timeout_seconds=config.peer_timeout,
+            shutdown_timeout_seconds=config.peer_timeout,
         )
+    except (RuntimeError, ValueError) as err:
+        where = config.coordinator_address or "the auto-detected coordinator"
+        raise PeerLostError(
+            f"--distributed: could not join the run's processes at {where}: "
+            f"{' '.join(str(err).split())[:300]}"
+        ) from err
 
 
 @dataclasses.dataclass
@@ -276,6 +304,7 @@ class _Run:
     config: TrainConfig
     log: Callable[[str], None]
     writer: bool  # this process writes the run directory
+    peers: list[dict[str, Any]]  # every process's pid and host, in process order
     mesh: Any
     rows: Any  # this process's rows of a global batch
     run_dir: Path
@@ -400,6 +429,7 @@ def _setup(
     if not writer:
         log = _silent
     mesh = make_mesh(devices)
+    peers = peer_table()
     try:
         check_batch_divisible(config.batch_size, mesh)
     except ValueError as err:
@@ -449,7 +479,7 @@ def _setup(
         + (f"resuming at step {start}" if checkpoint is not None else "starting at step 0")
     )
     return _Run(
-        config=config, log=log, writer=writer, mesh=mesh,
+        config=config, log=log, writer=writer, peers=peers, mesh=mesh,
         rows=process_rows(config.batch_size), run_dir=run_dir, valid_bytes=valid_bytes,
         unigram=unigram,
         sampler=BatchSampler(train_bytes, config.batch_size, config.seq_len, config.seed),
@@ -753,18 +783,41 @@ def train(
       ConfigError, DataError, CheckpointError, MetricsError, RunDirError: bad settings,
       data, checkpoint, metrics file or run directory (:data:`EXPECTED_ERRORS`).
     """
-    with contextlib.ExitStack() as stack:  # holds the run directory's lock
-        run = _setup(config, devices, log, compiler_options, stack)
-        try:
-            return _finish(run, _loop(run, on_step))
-        except RunDirError as err:  # a write failed: say where the run can continue from
-            done = int(to_host(run.state.step))
-            then = ("continue with the same flags plus --resume" if run.last_checkpoint
-                    is not None else "start again with --overwrite")
-            raise RunDirError(
-                f"training stopped after step {done}: {err}. Nothing half-written was left "
-                f"behind, and {run.kept()}: make room (or lift the limit), then {then}"
-            ) from err
+    run: _Run | None = None
+    try:
+        with contextlib.ExitStack() as stack:  # holds the run directory's lock
+            run = _setup(config, devices, log, compiler_options, stack)
+            return _run(run, on_step)
+    except Exception as err:
+        count = len(run.peers) if run else jax.process_count()
+        lost = lost_peer(err, jax.process_index(), count, run.peers if run else None,
+                         *_where(run))
+        if lost is None:
+            raise
+        raise lost from err
+
+
+def _where(run: _Run | None) -> tuple[str, str]:
+    """Where a run that lost a process was, and how to go on (for :func:`lost_peer`)."""
+    if run is None:
+        return "while starting", "Restart every process with the same flags"
+    return (f"after step {int(to_host(run.state.step))}",
+            f"{run.kept()[0].upper()}{run.kept()[1:]}; when every process can run again, "
+            "restart them all with the same flags plus --resume")
+
+
+def _run(run: _Run, on_step: StepHook | None) -> TrainResult:
+    """The loop and the end of a set-up run; a failed write says where to continue from."""
+    try:
+        return _finish(run, _loop(run, on_step))
+    except RunDirError as err:
+        done = int(to_host(run.state.step))
+        then = ("continue with the same flags plus --resume" if run.last_checkpoint
+                is not None else "start again with --overwrite")
+        raise RunDirError(
+            f"training stopped after step {done}: {err}. Nothing half-written was left "
+            f"behind, and {run.kept()}: make room (or lift the limit), then {then}"
+        ) from err
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
@@ -807,6 +860,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return INTERRUPTED_EXIT if result.status == "interrupted" else 0
 
 
-if __name__ == "__main__":
+def command(argv: Sequence[str] | None = None) -> int:
+    """``python -m models.train``: :func:`main`, in a supervised child process under
+    ``--distributed`` (:func:`models.peers.supervise`). A process of a multi-process run that
+    fails leaves at once, without JAX's exit barrier (which would wait for the others, and
+    they for it): its peers then report it lost instead of waiting."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_supervisor(argv):
+        return supervise(argv)
+    join_supervisor()
     prefer_memory_schedule()  # before JAX starts: see models.xla_setup
-    sys.exit(main())
+    status = main(argv)
+    if status != 0 and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(command())
