@@ -18,6 +18,12 @@ go to ``--plots-dir`` and the slow-modes ones are linked from the results file.
 The tables of :mod:`benchmarks.deq_vs_explicit` (with ``--deq-json`` or ``--with-deq``) go
 to the results page and, whole, to the README between ``<!-- deq-vs-explicit:start -->`` and
 ``<!-- deq-vs-explicit:end -->``; without them that README section is left as it is.
+
+``--device-check DIR`` publishes a run of :mod:`benchmarks.device_check` (on a GPU) and
+nothing else: its table replaces the part of the results page between
+``<!-- device-check:start -->`` and ``<!-- device-check:end -->``, and its one-paragraph
+summary the same part of the README. Rewriting the page from the CPU benchmarks keeps that
+part as it was.
 """
 
 from __future__ import annotations
@@ -29,13 +35,16 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, report
+from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, device_check, report
 from models.xla_setup import prefer_memory_schedule
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 DEQ_START = "<!-- deq-vs-explicit:start -->"
 DEQ_END = "<!-- deq-vs-explicit:end -->"
+DEVICE_START = "<!-- device-check:start -->"
+DEVICE_END = "<!-- device-check:end -->"
+DEVICE_HEADING = "## On a GPU: `python -m benchmarks.device_check`"
 RESULTS_DIR = "docs"
 RESULTS_PATH = f"{RESULTS_DIR}/results.md"
 DEFAULT_PLOTS_DIR = f"{RESULTS_DIR}/plots"
@@ -170,7 +179,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run deq_vs_explicit here for those tables (about 15 minutes)")
     parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
                         help="where compare_solvers writes the plots the section links")
+    parser.add_argument("--device-check", default=None, metavar="DIR",
+                        help="publish only the device check written to DIR: its table to the "
+                        "page's and its summary to the README's device-check section")
     return parser
+
+
+def device_section(page: str) -> str:
+    """The page's device-check section, markers included (``""`` if it has none)."""
+    if page.count(DEVICE_START) != 1 or page.count(DEVICE_END) != 1:
+        return ""
+    start, end = page.index(DEVICE_START), page.index(DEVICE_END) + len(DEVICE_END)
+    return page[start:end] if start < end else ""
+
+
+def publish_device_check(directory: str, page_path: str, readme: str) -> None:
+    """Put a device check's table into ``page_path`` and its summary into ``readme``,
+    between the device-check markers of each (or stop, writing nothing, if either lacks
+    them)."""
+    try:
+        result = _load(os.path.join(directory, device_check.JSON_NAME))
+        with open(os.path.join(directory, device_check.TABLE_NAME), encoding="utf-8") as handle:
+            table = handle.read()
+        texts = {}
+        for path in (page_path, readme):
+            with open(path, encoding="utf-8") as handle:
+                texts[path] = handle.read()
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"write_results: {err}") from None
+    try:
+        page = replace_between_markers(texts[page_path], table, page_path, DEVICE_START,
+                                       DEVICE_END)
+        text = replace_between_markers(texts[readme], device_check.summary(result), readme,
+                                       DEVICE_START, DEVICE_END)
+    except MarkersMissing as err:
+        raise SystemExit(f"write_results: {err}") from None
+    for path, content in ((page_path, page), (readme, text)):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content)
+    print(f"write_results: wrote the device check of {directory} to {page_path} and {readme}",
+          file=sys.stderr)
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -181,6 +229,9 @@ def _load(path: str) -> dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     """Command-line entry point; returns the results page it wrote (or printed)."""
     args = build_parser().parse_args(argv)
+    if args.device_check:
+        publish_device_check(args.device_check, args.output, args.readme)
+        return ""
     text = None
     if not args.dry_run:
         try:
@@ -213,6 +264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     elif args.with_deq:
         deq = deq_vs_explicit.run(deq_vs_explicit.build_parser().parse_args(quick))
     page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq)
+    previous = ""
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as handle:
+            previous = device_section(handle.read())
+    if previous:  # the GPU's table is not the CPU benchmarks' to replace
+        page += f"\n{DEVICE_HEADING}\n\n{previous}\n"
     summary = readme_summary(compare, backward)
     if args.dry_run:
         print(page)
