@@ -801,8 +801,11 @@ def _where(run: _Run | None) -> tuple[str, str]:
     """Where a run that lost a process was, and how to go on (for :func:`lost_peer`)."""
     if run is None:
         return "while starting", "Restart every process with the same flags"
-    return (f"after step {int(to_host(run.state.step))}",
-            f"{run.kept()[0].upper()}{run.kept()[1:]}; when every process can run again, "
+    try:
+        when = f"after step {int(to_host(run.state.step))}"
+    except Exception:  # noqa: BLE001 — the state's buffers went with the failed step
+        when = "while training"
+    return (when, f"{run.kept()[0].upper()}{run.kept()[1:]}; when every process can run again, "
             "restart them all with the same flags plus --resume")
 
 
