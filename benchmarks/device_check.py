@@ -419,9 +419,8 @@ def run_correctness(settings: Settings, part: Part) -> None:
 # ------------------------------------------------------------------------- 2. solvers
 
 
-QUICK_SOLVERS = ("broyden", "jaxopt_broyden", "jaxopt.Broyden", "optx.FixedPointIteration")
-"""One of each kind of contender: ours, jaxopt's through our loop, jaxopt's and optimistix's
-own."""
+QUICK_SOLVERS = ("broyden", "jaxopt.Broyden", "optx.FixedPointIteration")
+"""One of each kind of contender: a registered solver, jaxopt's and optimistix's own."""
 
 
 def run_solvers(settings: Settings, part: Part) -> None:

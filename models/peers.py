@@ -118,9 +118,10 @@ def peer_table() -> list[dict[str, Any]]:
     return table
 
 
-def lost_peer(err: BaseException, index: int, count: int,
-              table: Sequence[dict[str, Any]] | None, when: str, then: str) -> \
-        PeerLostError | None:
+def lost_peer(
+    err: BaseException, index: int, count: int, table: Sequence[dict[str, Any]] | None,
+    when: str, then: str,
+) -> PeerLostError | None:
     """The :class:`PeerLostError` that ``err`` means in process ``index`` of ``count``, or
     None when it is no sign of a lost process (then it should propagate as it is).
 

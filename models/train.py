@@ -781,7 +781,9 @@ def train(
 
     Raises:
       ConfigError, DataError, CheckpointError, MetricsError, RunDirError: bad settings,
-      data, checkpoint, metrics file or run directory (:data:`EXPECTED_ERRORS`).
+      data (a corpus changed under ``--resume`` included), checkpoint, metrics file or run
+      directory, or a write that failed (:data:`EXPECTED_ERRORS`).
+      PeerLostError: a multi-process run lost one of its processes.
     """
     run: _Run | None = None
     try:
