@@ -20,9 +20,23 @@ Entry points (each prints a markdown table; ``--help`` lists the flags):
   minutes; ``--quick`` on a CPU): correctness, solvers at GPU sizes, the DEQ LM against the
   Transformer baseline and the gradient modes, in one JSON and one Markdown table.
 
-Shared pieces: :mod:`benchmarks.problems` (the problems), :mod:`benchmarks.contenders`
-(registered solvers and peers behind one interface), :mod:`benchmarks.reference` (float64
-reference solutions and gradients), :mod:`benchmarks.timing` (compile ahead, warm up,
-``block_until_ready``, round-robin medians, compiled memory), :mod:`benchmarks.measure`
-(the measuring loop) and :mod:`benchmarks.report` (tables, JSON, CSV, plots).
+One module per entry point; what they share lives in a few modules named for what they
+hold:
+
+* :mod:`benchmarks.cli` — the shared flags, ``--quick``, ``--solver-option`` and the
+  problems a run builds;
+* :mod:`benchmarks.problems` — the :class:`~benchmarks.problems.Problem` type, the
+  built-in problems and users' ``--problem module:function``
+  (:mod:`benchmarks.transformer_problem`: the DEQ-Transformer block;
+  :mod:`benchmarks.example_problem`: an example user problem);
+* :mod:`benchmarks.contenders` — registered solvers and peers behind one interface;
+* :mod:`benchmarks.reference` — float64 reference solutions and gradients, and the loss,
+  gradient and residuals candidates are measured by;
+* :mod:`benchmarks.timing` — compile ahead, warm up, ``block_until_ready``, round-robin
+  medians, compiled memory, and the measuring loop;
+* :mod:`benchmarks.output` — tables, JSON, CSV, plots and the machine line.
+
+The package is installed with the toolkit: ``python -m benchmarks.compare_solvers
+--problem mypkg.layers:make_problem`` compares the solvers on a user's own layer from
+anywhere, which is one of the things the toolkit is for.
 """

@@ -29,10 +29,11 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import solvers
-from benchmarks import cli, report
+from benchmarks import cli, output
 from benchmarks import reference as reference_lib
-from benchmarks.measure import loss_and_grad, measure
-from benchmarks.problem import Problem
+from benchmarks.problems import Problem
+from benchmarks.reference import loss_and_grad
+from benchmarks.timing import measure
 from implicit import JFB, Implicit, Mode, Phantom, Unroll, backward_solvers, fixed_point
 
 DEFAULTS = cli.Defaults(
@@ -42,15 +43,15 @@ DEFAULTS = cli.Defaults(
 )
 
 COLUMNS = (
-    report.Column("problem", "problem", align="left"),
-    report.Column("dim", "d", report.fmt_int),
-    report.Column("mode", "mode", align="left"),
-    report.Column("cosine", "cos sim", report.fmt_cos),
-    report.Column("grad_rel_error", "grad err", report.fmt_sci),
-    report.Column("forward_backward_s", "fwd+bwd ms", report.fmt_ms),
-    report.Column("vs_implicit", "× implicit", report.fmt_ratio),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
-    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
+    output.Column("problem", "problem", align="left"),
+    output.Column("dim", "d", output.fmt_int),
+    output.Column("mode", "mode", align="left"),
+    output.Column("cosine", "cos sim", output.fmt_cos),
+    output.Column("grad_rel_error", "grad err", output.fmt_sci),
+    output.Column("forward_backward_s", "fwd+bwd ms", output.fmt_ms),
+    output.Column("vs_implicit", "× implicit", output.fmt_ratio),
+    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
+    output.Column("temp_bytes", "temp MiB", output.fmt_mib),
 )
 CSV_KEYS = (
     "problem", "dim", "batch", "mode", "backward", "backward_solver", "status", "cosine",
@@ -124,7 +125,8 @@ def run_problem(
         row: dict[str, Any] = {
             "problem": problem.name, "dim": problem.dim, "batch": problem.batch,
             "mode": candidate.label, "backward": mode.name,
-            "backward_solver": getattr(mode, "solver", None), "status": "ok", "note": None,
+            "backward_solver": getattr(getattr(mode, "solver", None), "name", None),
+            "status": "ok", "note": None,
         }
         if outcome.error:
             row.update(status="error", note=outcome.error)
@@ -153,9 +155,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Gradient modes of implicit.fixed_point; forward solver {s['solver']} at per-sample "
         f"relative tolerance {s['tol']:g} (max {s['max_iter']} iterations), batch {s['batch']}, "
-        f"float32; exact gradient: float64 reference; {report.machine_line(result['machine'])}.",
+        f"float32; exact gradient: float64 reference; {output.machine_line(result['machine'])}.",
         "",
-        report.markdown_table(result["rows"], COLUMNS),
+        output.markdown_table(result["rows"], COLUMNS),
     ]
     notes = result["notes"] + [f"`{r['problem']}` d={r['dim']} {r['mode']}: {r['note']}"
                                for r in result["rows"] if r.get("note")]
@@ -185,7 +187,7 @@ def run(config: Config) -> dict[str, Any]:
                      "repeats": common.repeats, "phantom_steps": config.phantom.steps,
                      "phantom_damping": config.phantom.damping,
                      "problems": [p.name for p in problems]},
-        "machine": report.machine(),
+        "machine": output.machine(),
         "modes": [c.label for c in modes],
         "rows": rows,
         "notes": notes,
@@ -202,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     except ValueError as err:
         parser.error(str(err))
     result = run(config)
-    report.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
+    output.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
     return result
 
 

@@ -1,21 +1,25 @@
-"""The command line both solver benchmarks share: flags, ``--quick``, and building the problems.
+"""The command line the solver benchmarks share: flags, ``--quick``, solver options, and
+building the problems.
 
-``compare_solvers`` and ``backward_modes`` measure on the same problems in the same way;
-each declares its own :class:`Defaults`, adds the shared flags with :func:`add_flags`,
-turns the parsed flags into a frozen :class:`Common` with :func:`common` (validated, the
-``--quick`` substitutions applied) and builds its problems with :func:`build_problems`.
+``compare_solvers``, ``backward_modes`` and ``overhead_floor`` measure on the same
+problems in the same way; each has its :class:`Defaults` (the first and the last share
+:data:`SOLVER_DEFAULTS`), adds the shared flags with :func:`add_flags`, turns the parsed
+flags into a frozen :class:`Common` with :func:`common` (checked by the toolkit's one
+validator, the ``--quick`` substitutions applied) and builds its problems with
+:func:`build_problems`. ``--solver-option NAME:KEY=VALUE`` is read by
+:func:`parse_solver_options`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from benchmarks import problems as problems_lib
-from benchmarks.problem import Problem, ProblemUnavailable
+from benchmarks.problems import Problem, ProblemUnavailable
 from benchmarks.timing import FAST_COMPILE
+from solvers.options import Check, OptionError, Options, above, at_least, option, parse_assignments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,23 +38,35 @@ class Defaults:
     quick_max_iter: Optional[int] = None  # None: --max-iter as given
 
 
-@dataclasses.dataclass(frozen=True)
-class Common:
-    """The shared settings of one benchmark run (see :func:`add_flags` for their meaning)."""
+SOLVER_DEFAULTS = Defaults(
+    problems=(*problems_lib.BUILDERS, *problems_lib.OPTIONAL), dims=(256, 1024), batch=32,
+    tol=1e-5, max_iter=500, repeats=5,
+    quick_problems=("slow-modes-0.99",), quick_dims=(48,), quick_batch=8,
+)
+"""The problems and sizes the solver comparisons run on (``compare_solvers``,
+``overhead_floor``)."""
 
-    problems: tuple[str, ...]
-    user_problems: tuple[str, ...]
-    dims: tuple[int, ...]
-    batch: int
-    tol: float
-    max_iter: int
-    repeats: int
-    budget: float
-    seed: int
-    quick: bool
-    progress: bool
-    json: Optional[str] = None
-    csv: Optional[str] = None
+_SIZES = Check(lambda dims: len(dims) > 0 and all(d >= 1 for d in dims), "of integers >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Common(Options):
+    """The shared settings of one benchmark run (see :func:`add_flags` for their meaning),
+    checked when built; each field is the flag of the same name."""
+
+    problems: tuple
+    user_problems: tuple
+    dims: tuple = option((), _SIZES, "per-sample sizes of the sized problems")
+    batch: int = option(1, at_least(1), "samples per problem")
+    tol: float = option(1e-5, above(0), "per-sample relative tolerance")
+    max_iter: int = option(1, at_least(1), "iteration limit")
+    repeats: int = option(1, at_least(1), "timed calls per candidate")
+    budget: float = option(3.0, above(0), "seconds of timed calls per candidate")
+    seed: int = option(0, None, "seed of the problems")
+    quick: bool = option(False, None, "smoke run")
+    progress: bool = option(True, None, "progress bar")
+    json: Optional[str] = option(None, None, "JSON output path")
+    csv: Optional[str] = option(None, None, "CSV output path")
 
     @property
     def compiler_options(self) -> Optional[Mapping[str, Any]]:
@@ -114,20 +130,31 @@ def common(args: argparse.Namespace, defaults: Defaults) -> Common:
     max_iter = args.max_iter if args.max_iter is not None else defaults.max_iter
     if quick and defaults.quick_max_iter:
         max_iter = min(max_iter, defaults.quick_max_iter)
-    repeats = 1 if quick else args.repeats
-    for name, value in (("--batch", batch), ("--max-iter", max_iter), ("--repeats", repeats)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if not (args.tol > 0 and math.isfinite(args.tol)):
-        raise ValueError(f"--tol must be a finite number > 0, got {args.tol}")
-    if any(d < 1 for d in dims):
-        raise ValueError(f"--dims must be positive, got {list(dims)}")
-    return Common(
-        problems=tuple(problems_lib.select(problems)), user_problems=tuple(args.problem),
-        dims=tuple(dims), batch=batch, tol=args.tol, max_iter=max_iter, repeats=repeats,
-        budget=args.budget, seed=args.seed, quick=quick, progress=not args.no_progress,
-        json=args.json, csv=args.csv,
-    )
+    try:
+        return Common(
+            problems=tuple(problems_lib.select(problems)), user_problems=tuple(args.problem),
+            dims=tuple(dims), batch=batch, tol=args.tol, max_iter=max_iter,
+            repeats=1 if quick else args.repeats, budget=args.budget, seed=args.seed,
+            quick=quick, progress=not args.no_progress, json=args.json, csv=args.csv,
+        )
+    except OptionError as error:
+        flag = "--" + error.option.replace("_", "-")
+        raise ValueError(f"{flag} must be {error.rule}, got {error.value}") from None
+
+
+def parse_solver_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["broyden:history=60", ...]`` → ``{"broyden": {"history": 60}}`` (values as
+    literals): the ``--solver-option NAME:KEY=VALUE`` flags, by solver or row label."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, assignment = item.partition(":")
+        if not sep or not name or "=" not in assignment:
+            raise ValueError(f"--solver-option expects NAME:KEY=VALUE, got {item!r}")
+        try:
+            options.setdefault(name, {}).update(parse_assignments(assignment))
+        except ValueError:
+            raise ValueError(f"--solver-option expects NAME:KEY=VALUE, got {item!r}") from None
+    return options
 
 
 def build_problems(

@@ -36,7 +36,6 @@ and size (residual against iteration and against time) under ``--plots``.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import sys
 import time
@@ -47,72 +46,38 @@ import jax.numpy as jnp
 import numpy as np
 
 import solvers
-from benchmarks import cli, report, timing
+from benchmarks import cli, output, timing
 from benchmarks import contenders as contenders_lib
-from benchmarks import problems as problems_lib
 from benchmarks import reference as reference_lib
-from benchmarks.measure import (
-    loss_and_grad,
-    max_or_nan,
-    measure,
-    relative_residuals,
-)
-from benchmarks.problem import Problem
+from benchmarks.problems import Problem
+from benchmarks.reference import loss_and_grad, max_or_nan, relative_residuals
+from benchmarks.timing import measure
 
-DEFAULT_DIMS = (256, 1024)
-DEFAULT_BATCH = 32
-DEFAULT_TOL = 1e-5
-DEFAULT_MAX_ITER = 500
-QUICK_PROBLEMS = ("slow-modes-0.99",)
-QUICK_DIMS = (48,)
-QUICK_BATCH = 8
+DEFAULTS = cli.SOLVER_DEFAULTS
 BASELINE = "broyden"
 F_LOOP = "<f loop>"  # the candidate that times evaluations of f alone
 
 COLUMNS = (
-    report.Column("problem", "problem", align="left"),
-    report.Column("dim", "d", report.fmt_int),
-    report.Column("solver", "solver", align="left"),
-    report.Column("iterations", "iters", report.fmt_int),
-    report.Column("fevals", "f-evals", report.fmt_int),
-    report.Column("forward_s", "fwd ms", report.fmt_ms),
-    report.Column("vs_baseline", f"× {BASELINE}", report.fmt_ratio),
-    report.Column("forward_backward_s", "fwd+bwd ms", report.fmt_ms),
-    report.Column("max_rel_residual", "max rel res", report.fmt_sci),
-    report.Column("converged_text", "conv"),
-    report.Column("stopped", "stopped (solvers.Reason)", align="left"),
-    report.Column("grad_rel_error", "grad err", report.fmt_sci),
-    report.Column("overhead", "overhead", report.fmt_ratio),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+    output.Column("problem", "problem", align="left"),
+    output.Column("dim", "d", output.fmt_int),
+    output.Column("solver", "solver", align="left"),
+    output.Column("iterations", "iters", output.fmt_int),
+    output.Column("fevals", "f-evals", output.fmt_int),
+    output.Column("forward_s", "fwd ms", output.fmt_ms),
+    output.Column("vs_baseline", f"× {BASELINE}", output.fmt_ratio),
+    output.Column("forward_backward_s", "fwd+bwd ms", output.fmt_ms),
+    output.Column("max_rel_residual", "max rel res", output.fmt_sci),
+    output.Column("converged_text", "conv"),
+    output.Column("stopped", "stopped (solvers.Reason)", align="left"),
+    output.Column("grad_rel_error", "grad err", output.fmt_sci),
+    output.Column("overhead", "overhead", output.fmt_ratio),
+    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
 )
 CSV_KEYS = (
     "problem", "family", "dim", "batch", "solver", "kind", "status", "iterations",
     "iterations_mean", "fevals", "fevals_mean", "forward_s", "vs_baseline",
     "forward_backward_s", "max_rel_residual", "converged", "nonfinite", "grad_rel_error",
     "overhead", "f_call_s", "peak_bytes", "forward_peak_bytes", "note",
-)
-
-
-def parse_solver_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["broyden:history=60", ...]`` → ``{"broyden": {"history": 60}}`` (values as literals)."""
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        name, sep, assignment = item.partition(":")
-        key, eq, raw = assignment.partition("=")
-        if not sep or not eq or not name or not key:
-            raise ValueError(f"--solver-option expects NAME:KEY=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        options.setdefault(name, {})[key] = value
-    return options
-
-
-DEFAULTS = cli.Defaults(
-    problems=(*problems_lib.BUILDERS, *problems_lib.OPTIONAL), dims=DEFAULT_DIMS,
-    batch=DEFAULT_BATCH, tol=DEFAULT_TOL, max_iter=DEFAULT_MAX_ITER, repeats=5,
-    quick_problems=QUICK_PROBLEMS, quick_dims=QUICK_DIMS, quick_batch=QUICK_BATCH,
 )
 
 
@@ -168,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     settings = contenders_lib.Settings(
         tol=common.tol, max_iter=common.max_iter, dense_max_dim=args.dense_max_dim,
         dense_grad_max_dim=args.dense_grad_max_dim,
-        solver_options=parse_solver_options(args.solver_option),
+        solver_options=cli.parse_solver_options(args.solver_option),
     )
     return Config(
         common=common, settings=settings,
@@ -386,9 +351,9 @@ def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"Solvers at per-sample relative tolerance {s['tol']:g} (max {s['max_iter']} iterations), "
-        f"batch {s['batch']}, float32; {report.machine_line(result['machine'])}.",
+        f"batch {s['batch']}, float32; {output.machine_line(result['machine'])}.",
         "",
-        report.markdown_table([r for r in result["rows"] if r["status"] != "skipped"], COLUMNS),
+        output.markdown_table([r for r in result["rows"] if r["status"] != "skipped"], COLUMNS),
     ]
     if result["checks"]:
         lines += ["", "Slow-modes summary (peers: the jaxopt and optimistix rows and jaxopt_broyden; "
@@ -433,7 +398,7 @@ def run(config: Config) -> dict[str, Any]:
             notes += problem_notes
             if config.plots and curves:
                 path = f"{config.plots}/{problem.name}_d{problem.dim}.png"
-                report.plot_traces(
+                output.plot_traces(
                     path, f"{problem.name}, d = {problem.dim}, batch {problem.batch}",
                     curves, config.settings.tol)
                 plots.append(path)
@@ -448,7 +413,7 @@ def run(config: Config) -> dict[str, Any]:
             "solver_options": config.settings.solver_options, "grad": config.grad,
             "problems": [p.name for p in problems],
         },
-        "machine": report.machine(),
+        "machine": output.machine(),
         "solvers": [{"name": c.name, "kind": c.kind, "description": c.description}
                     for c in contenders],
         "problems": [{"name": p.name, "dim": p.dim, "note": p.note} for p in problems],
@@ -471,7 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         result = run(config)
     except ValueError as err:  # bad problem specs and checkpoints: a usage error, not a trace
         build_parser().error(str(err))
-    report.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
+    output.emit(result, render(result), config.common.json, config.common.csv, CSV_KEYS)
     return result
 
 

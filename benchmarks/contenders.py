@@ -25,9 +25,9 @@ Peers (each only if its package imports):
   per sample via ``vmap``; its implicit gradient with its default normal-CG solve at ``tol``.
 * ``optx.FixedPointIteration`` — optimistix's plain iteration; gradient by its default
   ``ImplicitAdjoint`` (a dense ``d × d`` LU per sample, so only for
-  ``d ≤ dense_grad_max_dim``). lineax's GMRES would avoid the dense matrix, but at
-  ``rtol = 1e-5`` in float32 it stops with "stagnation" (NaN under ``EQX_ON_ERROR=nan``) on
-  9 of 32 adjoint systems of ``gauss`` at d = 256, so it is not used.
+  ``d ≤ dense_grad_max_dim``). lineax's GMRES would avoid the dense matrix, but in float32
+  at the benchmarks' tolerance it stops with "stagnation" on some adjoint systems
+  (``docs/results.md``), so it is not used.
 * ``optx.Newton``, ``optx.Chord`` — optimistix's root finders on ``f(z) − z``: they form the
   dense ``d × d`` Jacobian (``d`` JVPs) and factor it (Newton at every step, Chord once),
   which is ``O(d³)`` per sample, so they run only for ``d ≤ dense_max_dim``; gradient by
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import solvers
-from benchmarks.problem import Problem
+from benchmarks.problems import Problem
 from benchmarks.reference import Reference
 from implicit import fixed_point
 from solvers import residuals
@@ -127,14 +127,15 @@ class Registered(Contender):
         self.solver = solver or name
         self.description = f"solvers.get({self.solver!r}, ...), batch_axis=0"
 
-    def options(self, settings: Settings) -> dict[str, Any]:
-        return {
-            "max_iter": settings.max_iter, "tol": settings.tol, "stop_mode": "rel",
-            "batch_axis": 0, **dict(settings.solver_options.get(self.name, {})),
-        }
+    def built(self, settings: Settings) -> solvers.Solver:
+        """The solver of this row: per-sample relative ``tol`` within ``max_iter``, then the
+        row's own ``--solver-option`` options."""
+        solve = solvers.get(self.solver, max_iter=settings.max_iter, tol=settings.tol,
+                            stop_mode="rel", batch_axis=0)
+        return solve.replace(**settings.solver_options.get(self.name, {}))
 
     def forward(self, problem: Problem, ref: Reference, settings: Settings) -> Fn:
-        solve = solvers.get(self.solver, **self.options(settings))
+        solve = self.built(settings)
 
         def run(z0: PyTree, *args: PyTree) -> Forward:
             sol = solve(problem.f, z0, *args)
@@ -144,13 +145,10 @@ class Registered(Contender):
         return run
 
     def solution(self, problem: Problem, ref: Reference, settings: Settings) -> Union[Fn, str]:
-        options = self.options(settings)
+        solve = self.built(settings)
 
         def value(z0: PyTree, *args: PyTree) -> PyTree:
-            return fixed_point(
-                problem.f, z0, *args, solver=self.solver, solver_options=options,
-                backward="implicit",
-            ).value
+            return fixed_point(problem.f, z0, *args, solver=solve, backward="implicit").value
 
         return value
 

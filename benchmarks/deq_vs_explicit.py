@@ -1,35 +1,39 @@
-"""The DEQ Transformer LM against explicit Transformers: by depth at equal steps, and against
-the untied models a user would pick instead at equal wall-clock time.
+"""The DEQ Transformer LM against the standard Transformers a user would pick instead of it,
+and against its own unrolled twin.
 
-    python -m benchmarks.deq_vs_explicit                 # both tables (about 15 minutes)
+    python -m benchmarks.deq_vs_explicit                 # both tables
     python -m benchmarks.deq_vs_explicit --quick         # a smoke run (numbers not meaningful)
     python -m benchmarks.deq_vs_explicit --json out.json
 
-**Depth (memory) table.** For every depth ``D`` the DEQ and the explicit weight-tied stack
-share everything but how they use the block ``f(z, x)`` of :mod:`models.transformer`, so
-they have exactly the same parameters:
+**The main table: one row per model.**
 
-* ``explicit``: ``zᵏ⁺¹ = f(zᵏ, x)`` for ``k < D`` with one set of weights, backpropagated
-  layer by layer (its activations for all ``D`` layers are kept for the backward pass);
-* ``deq``: ``z* = f(z*, x)`` found by the forward solver with at most ``D`` iterations
-  (``max_iter = D``, the same forward compute budget) and differentiated implicitly (the
-  adjoint solve also gets at most ``D`` iterations).
+* ``deq``: the DEQ exactly as ``python -m models.train`` trains it (its defaults);
+* ``deq-d<W>``: the same DEQ at width ``--wide-d-model`` W, where one weight-tied block has
+  about the parameters of the 2- or 4-layer Transformer (how the DEQ papers compare);
+* ``transformer-<L>``: the standard pre-LN Transformer of ``L`` layers (``--layers``;
+  ``python -m models.train --model transformer --depth L``), every other setting (width,
+  embeddings, readout, optimiser, schedule, batches) that of the DEQ.
 
-Both train side by side on the same batches (one step of each in turn, so load from other
-processes falls on both alike) for ``--steps`` steps from the same initial parameters, every
-other setting the default of ``python -m models.train``. ``mem ratio`` is DEQ peak /
-explicit peak, from XLA's ``memory_analysis()`` of the compiled train step (``peak =
-arguments + outputs + temporaries − aliased``). Like ``python -m models.train``, the program
-compiles with XLA's memory-minimising CPU schedule (:mod:`models.xla_setup`) unless
-``XLA_FLAGS`` already chooses a scheduler.
+*Equal steps*: for each seed of ``--seeds``, every model trains ``--steps`` steps (the default
+run's) from its own initialisation on the same batches, one step of each in turn, so load from
+other processes falls on all alike. ``valid bpb`` is the mean over the seeds of the bits per
+byte on ``--eval-batches`` validation batches, ``±`` half the range between the best and the
+worst seed. *Equal wall-clock*: the time the DEQ's first seed spent in its training steps is
+the budget; every other model trains for that long (steps interleaved, always the one that has
+used the least time next) with its learning-rate schedule laid for the steps its measured step
+time fits in the budget. Columns: parameters, the train step's peak memory (XLA's
+``memory_analysis()`` of the compiled step: arguments + outputs + temporaries − aliased),
+tokens per second (batch × sequence length over the median step time), forward
+``f``-evaluations and adjoint iterations (one VJP of ``f`` each) per step, and the bits per
+byte and steps of both comparisons.
 
-**Wall-clock table.** The DEQ with the defaults of ``python -m models.train`` against
-standard untied Transformers (the same block, ``--layers`` separate layers, no fixed point):
-each trains for ``--budget`` seconds of step time, the steps of all models interleaved
-(always the one that has used the least time next), with a learning-rate schedule laid for
-the steps it can take in that time (measured on ``--calibrate`` steps first). Columns:
-steps taken, validation bits per byte, tokens per second, peak memory, and the DEQ's forward
-``f``-evaluations and adjoint iterations (one VJP of ``f`` each) per step.
+**The depth table (``--depths``).** For every depth ``D`` the DEQ and its weight-tied unrolled
+twin (``--model unrolled``, the block applied ``D`` times with one set of weights) share every
+parameter. The DEQ gets ``max_iter = D`` forward and adjoint iterations, the same compute
+budget; both train ``--depth-steps`` steps side by side. ``mem ratio`` is DEQ peak / twin peak.
+
+Like ``python -m models.train``, the program compiles with XLA's memory-minimising CPU schedule
+(:mod:`models.xla_setup`) unless ``XLA_FLAGS`` already chooses a scheduler.
 """
 
 from __future__ import annotations
@@ -44,48 +48,55 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from benchmarks import report
+from benchmarks import output as report
 from benchmarks.timing import FAST_COMPILE, median, memory_of
 from models.config import TrainConfig, validate_config
 from models.data import BatchSampler, eval_batches, load_corpus, split_corpus
 from models.lm import deq_backward, make_model
 from models.optim import learning_rate_schedule, make_optimizer
 from models.sharding import make_mesh, replicate, shard_batch, to_host
-from models.solve_reports import BackwardLog, SolveWarnings
+from models.solve_metrics import BackwardLog, SolveWarnings
 from models.step import init_state, make_eval_step, make_train_step, summarize_eval
 from models.xla_setup import prefer_memory_schedule
 
-DEFAULT_DEPTHS = (2, 4, 8, 16)
 DEFAULT_LAYERS = (1, 2, 4)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_DEPTHS = (4, 16)
+WIDE_D_MODEL = 128
+"""At width 128 one DEQ block (with the embeddings and readout) has 272,640 parameters, about
+the 279,424 of the two-layer Transformer of width 96."""
 QUICK = dict(d_model=16, num_heads=2, seq_len=16, batch_size=4, steps=3, eval_batches=1,
-             warmup=1, depths=[2], layers=[1], budget=2.0, calibrate=0)
+             warmup=1, layers=[1], seeds=[0], wide_d_model=0, depths=[2], depth_steps=2)
 
 
 def _fmt(digits: int):
     return lambda v: f"{float(v):.{digits}f}"
 
 
+def _fmt_spread(row: dict[str, Any]) -> str:
+    return f"{row['valid_bpb']:.3f} ± {row['valid_bpb_spread']:.3f}"
+
+
+MAIN_COLUMNS = (
+    report.Column("model", "model", align="left"),
+    report.Column("params", "params", lambda v: f"{int(v):,}"),
+    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
+    report.Column("forward_fevals", "fwd f-evals/step", _fmt(1)),
+    report.Column("backward_vjps", "bwd VJPs/step", _fmt(1)),
+    report.Column("valid_bpb_text", "valid bpb, equal steps", align="right"),
+    report.Column("time_steps", "steps, equal time", report.fmt_int),
+    report.Column("time_bpb", "valid bpb, equal time", _fmt(3)),
+)
 DEPTH_COLUMNS = (
     report.Column("depth", "depth", report.fmt_int),
     report.Column("model", "model", align="left"),
-    report.Column("params", "params", report.fmt_int),
+    report.Column("params", "params", lambda v: f"{int(v):,}"),
     report.Column("valid_bpb", "valid bpb", _fmt(3)),
-    report.Column("solver_steps", "fwd steps", _fmt(1)),
-    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
-    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
-    report.Column("memory_ratio", "mem ratio", report.fmt_ratio),
-    report.Column("backward_misses", "bwd misses", report.fmt_int),
-)
-BUDGET_COLUMNS = (
-    report.Column("model", "model", align="left"),
-    report.Column("params", "params", report.fmt_int),
-    report.Column("steps", "steps", report.fmt_int),
-    report.Column("valid_bpb", "valid bpb", _fmt(3)),
-    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
     report.Column("forward_fevals", "fwd f-evals/step", _fmt(1)),
-    report.Column("backward_vjps", "bwd VJPs/step", _fmt(1)),
+    report.Column("tokens_per_s", "tokens/s", lambda v: f"{float(v):,.0f}"),
+    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
+    report.Column("memory_ratio", "mem ratio", report.fmt_ratio),
 )
 
 
@@ -93,44 +104,65 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.deq_vs_explicit",
-        description="DEQ Transformer LM vs the explicit weight-tied stack at several depths "
-        "(memory, equal steps), and vs untied Transformers at equal wall-clock time.",
+        description="The DEQ Transformer LM against standard Transformers of 1, 2 and 4 "
+        "layers at equal steps and equal wall-clock time, and against its unrolled "
+        "weight-tied twin by depth (memory).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--depths", type=int, nargs="*", default=list(DEFAULT_DEPTHS),
-                        help="explicit depth = DEQ forward (and adjoint) max_iter; none: skip")
-    parser.add_argument("--steps", type=int, default=150, help="training steps per model (depths)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="training steps per model and seed (equal steps)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                        help="seeds of the equal-steps comparison (the first also sets the "
+                        "equal-time budget and runs the equal-time comparison)")
     parser.add_argument("--layers", type=int, nargs="*", default=list(DEFAULT_LAYERS),
-                        help="layers of the untied Transformers of the wall-clock table; none: skip")
-    parser.add_argument("--budget", type=float, default=120.0,
-                        help="seconds of training steps per model in the wall-clock table")
-    parser.add_argument("--calibrate", type=int, default=8,
-                        help="steps timed to size each model's schedule to the budget (0: "
-                        "lay it for --steps instead)")
+                        help="layers of the standard Transformers")
+    parser.add_argument("--wide-d-model", type=int, default=WIDE_D_MODEL,
+                        help="width of the wide DEQ row (0: no such row)")
+    parser.add_argument("--no-equal-time", action="store_true",
+                        help="skip the equal wall-clock runs")
+    parser.add_argument("--depths", type=int, nargs="*", default=list(DEFAULT_DEPTHS),
+                        help="depths of the DEQ-vs-unrolled-twin table; none: skip it")
+    parser.add_argument("--depth-steps", type=int, default=150,
+                        help="training steps per model of the depth table")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="steps left out of the median step time")
+    parser.add_argument("--eval-batches", type=int, default=8,
+                        help="validation batches for the bits per byte")
     parser.add_argument("--d-model", type=int, default=defaults.d_model)
     parser.add_argument("--num-heads", type=int, default=defaults.num_heads)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--eval-batches", type=int, default=8,
-                        help="validation batches for the bits per byte")
     parser.add_argument("--data", default=defaults.data, help="corpus (see models.train)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write JSON here")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: depth 2, one layer, tiny model, a few steps, fast "
+                        help="smoke run: a tiny model, one layer, one seed, a few steps, fast "
                         "compilation")
     parser.add_argument("--no-progress", action="store_true", help="no per-part messages")
     return parser
 
 
-def _base(args: argparse.Namespace, steps: int) -> TrainConfig:
+def _base(args: argparse.Namespace, steps: int, seed: int) -> TrainConfig:
+    """The default run's configuration at ``steps`` steps (schedule laid for them)."""
+    defaults = TrainConfig()
     return dataclasses.replace(
-        TrainConfig(), d_model=args.d_model, num_heads=args.num_heads, seq_len=args.seq_len,
+        defaults, d_model=args.d_model, num_heads=args.num_heads, seq_len=args.seq_len,
         batch_size=args.batch_size, steps=steps,
-        warmup_steps=min(TrainConfig().warmup_steps, steps // 4), data=args.data,
-        seed=args.seed, progress=False,
+        warmup_steps=min(defaults.warmup_steps, max(1, steps // 4)), data=args.data,
+        seed=seed, progress=False,
     )
+
+
+def model_configs(args: argparse.Namespace, steps: int, seed: int) -> dict[str, TrainConfig]:
+    """The models of the main table, by row name, at ``steps`` steps and ``seed``."""
+    base = _base(args, steps, seed)
+    configs = {"deq": base}
+    if args.wide_d_model:
+        configs[f"deq-d{args.wide_d_model}"] = dataclasses.replace(base,
+                                                                  d_model=args.wide_d_model)
+    for layers in args.layers:
+        configs[f"transformer-{layers}"] = dataclasses.replace(base, model="transformer",
+                                                               depth=layers)
+    return configs
 
 
 class Candidate:
@@ -156,17 +188,23 @@ class Candidate:
         self.times: list[float] = []
         self.fevals: list[float] = []
         self.backward_vjps: list[float] = []
-        self.backward_misses = 0
+        self.steps_done = 0
 
-    def train_step(self, batch: jax.Array, warnings: SolveWarnings) -> None:
+    @property
+    def deq(self) -> bool:
+        return self.config.model == "deq"
+
+    def train_step(self, batch: jax.Array) -> None:
         start = time.perf_counter()
-        seen = warnings.counts["backward"]
         self.state, metrics = self.step(self.state, batch)
         metrics = to_host(metrics)
         self.times.append(time.perf_counter() - start)
         self.fevals.append(float(metrics["solver_fevals"]))
         self.backward_vjps.append(self.backward_log.take().get("backward_steps", 0.0))
-        self.backward_misses += warnings.counts["backward"] > seen
+        self.steps_done += 1
+
+    def step_seconds(self, warmup: int) -> float:
+        return median(self.times[warmup:] or self.times)
 
     def evaluate(self, valid: list, mesh: Any) -> dict[str, float]:
         return summarize_eval([
@@ -174,167 +212,219 @@ class Candidate:
         ])
 
 
-def _depth_rows(args, mesh, sampler, valid, compiler_options) -> list[dict[str, Any]]:
+@dataclasses.dataclass
+class _Data:
+    mesh: Any
+    train_bytes: np.ndarray
+    valid: list
+    compiler_options: Optional[dict]
+
+    def sampler(self, args: argparse.Namespace, seed: int) -> BatchSampler:
+        return BatchSampler(self.train_bytes, args.batch_size, args.seq_len, seed)
+
+
+def _train_side_by_side(configs: dict[str, TrainConfig], data: _Data,
+                        sampler: BatchSampler) -> dict[str, Candidate]:
+    """Every model for its configured steps on the same batches, one step of each in turn."""
+    first = shard_batch(sampler.batch(0), data.mesh)
+    candidates = {name: Candidate(config, data.mesh, first, data.compiler_options)
+                  for name, config in configs.items()}
+    for step in range(max(c.config.steps for c in candidates.values())):
+        batch = shard_batch(sampler.batch(step), data.mesh)
+        for candidate in candidates.values():
+            if candidate.steps_done < candidate.config.steps:
+                candidate.train_step(batch)
+    return candidates
+
+
+def _train_for(configs: dict[str, TrainConfig], budget: float, data: _Data,
+               sampler: BatchSampler) -> dict[str, Candidate]:
+    """Every model for ``budget`` seconds of steps (or its configured steps), interleaved:
+    always the one that has used the least time next."""
+    first = shard_batch(sampler.batch(0), data.mesh)
+    candidates = {name: Candidate(config, data.mesh, first, data.compiler_options)
+                  for name, config in configs.items()}
+    while True:
+        running = [c for c in candidates.values()
+                   if c.steps_done < c.config.steps and sum(c.times) < budget]
+        if not running:
+            return candidates
+        candidate = min(running, key=lambda c: sum(c.times))
+        candidate.train_step(shard_batch(sampler.batch(candidate.steps_done), data.mesh))
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.no_progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _main_rows(args: argparse.Namespace, data: _Data) -> tuple[list[dict[str, Any]], float]:
+    """The main table's rows, and the equal-time budget in seconds."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:
+        start = time.perf_counter()
+        candidates = _train_side_by_side(model_configs(args, args.steps, seed), data,
+                                         data.sampler(args, seed))
+        for name, c in candidates.items():
+            summary = c.evaluate(data.valid, data.mesh)
+            runs.setdefault(name, []).append({
+                "seed": seed, "params": c.params, "valid_bpb": summary["bpb"],
+                "valid_converged": summary["converged"] if c.deq else None,
+                "step_s": c.step_seconds(args.warmup), "train_s": sum(c.times),
+                "peak_bytes": c.memory.get("peak"),
+                "forward_fevals": float(np.mean(c.fevals)) if c.deq else None,
+                "backward_vjps": float(np.mean(c.backward_vjps)) if c.deq else None,
+            })
+        _say(args, f"equal steps, seed {seed}: done in {time.perf_counter() - start:.0f}s")
+    rows = []
+    for name, seeds in runs.items():
+        bpbs = [r["valid_bpb"] for r in seeds]
+        first = seeds[0]
+        rows.append({
+            "model": name, "params": first["params"], "peak_bytes": first["peak_bytes"],
+            "step_s": median([r["step_s"] for r in seeds]),
+            "tokens_per_s": args.batch_size * args.seq_len / median([r["step_s"] for r in seeds]),
+            "forward_fevals": _mean_or_none([r["forward_fevals"] for r in seeds]),
+            "backward_vjps": _mean_or_none([r["backward_vjps"] for r in seeds]),
+            "valid_converged": _mean_or_none([r["valid_converged"] for r in seeds]),
+            "valid_bpb": float(np.mean(bpbs)),
+            "valid_bpb_spread": (max(bpbs) - min(bpbs)) / 2, "valid_bpb_seeds": bpbs,
+            "steps": args.steps, "seeds": list(args.seeds),
+        })
+    budget = runs["deq"][0]["train_s"]
+    return rows, budget
+
+
+def _mean_or_none(values: list[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _equal_time(args: argparse.Namespace, rows: list[dict[str, Any]], budget: float,
+                data: _Data) -> None:
+    """Add ``time_steps`` and ``time_bpb`` to ``rows``: each model trained for ``budget``
+    seconds at the first seed, its schedule laid for the steps its step time fits."""
+    seed = args.seeds[0]
+    start = time.perf_counter()
+    configs = model_configs(args, args.steps, seed)
+    by_name = {row["model"]: row for row in rows}
+    sized = {}
+    for name, config in configs.items():
+        if name == "deq":  # its equal-steps run used exactly the budget
+            continue
+        steps = max(2, int(budget / by_name[name]["step_s"]))
+        sized[name] = dataclasses.replace(
+            config, steps=steps, warmup_steps=min(config.warmup_steps, max(1, steps // 4)))
+    candidates = _train_for(sized, budget, data, data.sampler(args, seed))
+    for name, c in candidates.items():
+        by_name[name]["time_steps"] = c.steps_done
+        by_name[name]["time_bpb"] = c.evaluate(data.valid, data.mesh)["bpb"]
+    by_name["deq"]["time_steps"] = args.steps
+    by_name["deq"]["time_bpb"] = by_name["deq"]["valid_bpb_seeds"][0]
+    _say(args, f"equal time ({budget:.0f} s per model): done in "
+               f"{time.perf_counter() - start:.0f}s")
+
+
+def _depth_rows(args: argparse.Namespace, data: _Data) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    base = _base(args, args.steps)
+    seed = args.seeds[0]
+    base = _base(args, args.depth_steps, seed)
     for depth in args.depths:
         start = time.perf_counter()
-        first = shard_batch(sampler.batch(0), mesh)
         configs = {
-            "deq": dataclasses.replace(base, model="deq", max_iter=depth,
-                                       backward_max_iter=depth),
-            "explicit": dataclasses.replace(base, model="explicit", depth=depth),
+            "deq": dataclasses.replace(base, max_iter=depth, backward_max_iter=depth),
+            "unrolled": dataclasses.replace(base, model="unrolled", depth=depth),
         }
-        candidates = {name: Candidate(config, mesh, first, compiler_options)
-                      for name, config in configs.items()}
-        with SolveWarnings() as counter:
-            for step in range(args.steps):
-                batch = shard_batch(sampler.batch(step), mesh)
-                for candidate in candidates.values():  # round-robin: load falls on both alike
-                    candidate.train_step(batch, counter)
-        explicit_peak = candidates["explicit"].memory.get("peak")
-        for name, candidate in candidates.items():
-            summary = candidate.evaluate(valid, mesh)
-            timed = candidate.times[args.warmup:] or candidate.times
-            peak = candidate.memory.get("peak")
+        candidates = _train_side_by_side(configs, data, data.sampler(args, seed))
+        twin_peak = candidates["unrolled"].memory.get("peak")
+        for name, c in candidates.items():
+            peak = c.memory.get("peak")
             rows.append({
-                "depth": depth, "model": name, "params": candidate.params,
-                "valid_bpb": summary["bpb"], "solver_steps": summary["solver_steps"],
-                "tokens_per_s": args.batch_size * args.seq_len / median(timed),
-                "step_s": median(timed), "peak_bytes": peak,
-                "temp_bytes": candidate.memory.get("temporaries"),
-                "memory_ratio": (peak / explicit_peak) if peak and explicit_peak else None,
-                "backward_misses": candidate.backward_misses if name == "deq" else None,
+                "depth": depth, "model": name, "params": c.params,
+                "valid_bpb": c.evaluate(data.valid, data.mesh)["bpb"],
+                "forward_fevals": float(np.mean(c.fevals)),
+                "tokens_per_s": args.batch_size * args.seq_len / c.step_seconds(args.warmup),
+                "peak_bytes": peak,
+                "memory_ratio": (peak / twin_peak) if peak and twin_peak else None,
             })
-        if not args.no_progress:
-            print(f"depth {depth}: done in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+        _say(args, f"depth {depth}: done in {time.perf_counter() - start:.0f}s")
     return rows
 
 
-def _budget_configs(args: argparse.Namespace, steps: int) -> dict[str, TrainConfig]:
-    base = _base(args, steps)
-    configs = {"deq": dataclasses.replace(base, model="deq")}
-    for layers in args.layers:
-        configs[f"untied-{layers}"] = dataclasses.replace(base, model="untied", depth=layers)
-    return configs
-
-
-def _step_seconds(config, args, mesh, sampler, counter, compiler_options) -> float:
-    """The median time of a training step of ``config`` over ``--calibrate`` steps."""
-    candidate = Candidate(config, mesh, shard_batch(sampler.batch(0), mesh), compiler_options)
-    for step in range(args.calibrate + 1):
-        candidate.train_step(shard_batch(sampler.batch(step), mesh), counter)
-    return median(candidate.times[1:])
-
-
-def _sized(config: TrainConfig, step_seconds: float, budget: float) -> TrainConfig:
-    """``config`` with its schedule laid for the steps that fit in ``budget`` seconds."""
-    steps = max(2, int(budget / step_seconds))
-    return dataclasses.replace(config, steps=steps,
-                               warmup_steps=min(config.warmup_steps, max(1, steps // 4)))
-
-
-def _budget_rows(args, mesh, sampler, valid, compiler_options) -> list[dict[str, Any]]:
-    """Every model for ``--budget`` seconds of steps, interleaved least-time-first."""
-    start = time.perf_counter()
-    first = shard_batch(sampler.batch(0), mesh)
-    nominal = _budget_configs(args, args.steps)
-    with SolveWarnings() as counter:
-        if args.calibrate:
-            nominal = {name: _sized(config, _step_seconds(config, args, mesh, sampler, counter,
-                                                         compiler_options), args.budget)
-                       for name, config in nominal.items()}
-        candidates = {name: Candidate(config, mesh, first, compiler_options)
-                      for name, config in nominal.items()}
-        done = {name: 0 for name in candidates}
-        while True:
-            running = [n for n, c in candidates.items() if done[n] < c.config.steps
-                       and sum(c.times) < args.budget]
-            if not running:
-                break
-            name = min(running, key=lambda n: sum(candidates[n].times))
-            candidates[name].train_step(shard_batch(sampler.batch(done[name]), mesh), counter)
-            done[name] += 1
-    rows = []
-    for name, candidate in candidates.items():
-        summary = candidate.evaluate(valid, mesh)
-        deq = candidate.config.model == "deq"
-        rows.append({
-            "model": name, "params": candidate.params, "steps": done[name],
-            "schedule_steps": candidate.config.steps, "seconds": sum(candidate.times),
-            "valid_bpb": summary["bpb"],
-            "tokens_per_s": args.batch_size * args.seq_len * done[name] / sum(candidate.times),
-            "peak_bytes": candidate.memory.get("peak"),
-            "forward_fevals": float(np.mean(candidate.fevals)) if deq else None,
-            "backward_vjps": float(np.mean(candidate.backward_vjps)) if deq else None,
-            "valid_converged": summary["converged"] if deq else None,
-        })
-    if not args.no_progress:
-        print(f"wall-clock table: done in {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    return rows
-
-
-def budget_check(rows: list[dict[str, Any]]) -> Optional[str]:
-    """The target, read off the wall-clock rows: the DEQ's bits per byte against the best
-    untied model whose peak memory is at most the DEQ's."""
-    deq = next((r for r in rows if r["model"] == "deq"), None)
+def checks(result: dict[str, Any]) -> list[str]:
+    """The targets, read off the rows: the DEQ against each Transformer at equal steps and
+    equal time, and the memory of the DEQ against the two-layer Transformer's."""
+    rows = {row["model"]: row for row in result["rows"]}
+    deq = rows.get("deq")
+    lines = []
     if deq is None:
-        return None
-    fitting = [r for r in rows if r["model"] != "deq" and r["peak_bytes"] is not None
-               and deq["peak_bytes"] is not None and r["peak_bytes"] <= deq["peak_bytes"]]
-    if not fitting:
-        return (f"deq {deq['valid_bpb']:.3f} bits/byte; no untied model fits in its memory "
-                f"({deq['peak_bytes'] / 2**20:.1f} MiB)")
-    best = min(fitting, key=lambda r: r["valid_bpb"])
-    gap = deq["valid_bpb"] - best["valid_bpb"]
-    return (f"deq {deq['valid_bpb']:.3f} bits/byte vs {best['model']} {best['valid_bpb']:.3f}, "
-            f"the best untied model within its memory ({best['peak_bytes'] / 2**20:.1f} ≤ "
-            f"{deq['peak_bytes'] / 2**20:.1f} MiB): gap {gap:+.3f}")
-
-
-def depth_check(rows: list[dict[str, Any]]) -> Optional[str]:
-    """The deepest depth's memory ratio, DEQ over the explicit stack."""
-    deq = [r for r in rows if r["model"] == "deq"]
-    if not deq:
-        return None
-    deepest = max(deq, key=lambda r: r["depth"])
-    return (f"depth {deepest['depth']}: DEQ train-step peak memory is "
-            f"{deepest['memory_ratio']:.2f} of the explicit weight-tied stack's")
+        return lines
+    for name, row in rows.items():
+        if not name.startswith("transformer-"):
+            continue
+        gap = deq["valid_bpb"] - row["valid_bpb"]
+        line = (f"equal steps: deq {deq['valid_bpb']:.3f} vs {name} {row['valid_bpb']:.3f} "
+                f"bits/byte (gap {gap:+.3f}, seed spread ±{deq['valid_bpb_spread']:.3f} / "
+                f"±{row['valid_bpb_spread']:.3f})")
+        if row.get("time_bpb") is not None:
+            time_gap = deq["time_bpb"] - row["time_bpb"]
+            line += (f"; equal time: {row['time_steps']} steps to the DEQ's {deq['time_steps']}, "
+                     f"{row['time_bpb']:.3f} bits/byte (gap {time_gap:+.3f})")
+        lines.append(line)
+    two = rows.get("transformer-2")
+    if two is not None and deq.get("peak_bytes") and two.get("peak_bytes"):
+        lines.append(f"memory: the DEQ's train step peaks at {deq['peak_bytes'] / 2**20:.1f} "
+                     f"MiB, {deq['peak_bytes'] / two['peak_bytes']:.2f} of transformer-2's "
+                     f"{two['peak_bytes'] / 2**20:.1f} MiB")
+    one = rows.get("transformer-1")
+    if one is not None:
+        lines.append(f"cost: a DEQ step takes {deq['step_s'] / one['step_s']:.1f}× a "
+                     f"transformer-1 step ({deq['forward_fevals']:.1f} forward f-evals and "
+                     f"{deq['backward_vjps']:.1f} adjoint VJPs against one layer forward and "
+                     "back)")
+    return lines
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Both tables; ``{"rows", "budget_rows", "checks", "settings", "machine"}``."""
+    """Both tables: ``{"rows", "depth_rows", "budget_s", "checks", "settings", "machine"}``."""
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    compiler_options = FAST_COMPILE if args.quick else None
     mesh = make_mesh()
     corpus = load_corpus(args.data)
     train_bytes, valid_bytes = split_corpus(corpus, 0.05, args.seq_len + 1)
-    sampler = BatchSampler(train_bytes, args.batch_size, args.seq_len, args.seed)
     valid = list(eval_batches(valid_bytes, args.batch_size, args.seq_len, args.eval_batches))
-    rows = _depth_rows(args, mesh, sampler, valid, compiler_options) if args.depths else []
-    budget_rows = (_budget_rows(args, mesh, sampler, valid, compiler_options)
-                   if args.layers else [])
-    checks = [c for c in (depth_check(rows), budget_check(budget_rows)) if c]
+    data = _Data(mesh, train_bytes, valid, FAST_COMPILE if args.quick else None)
+    rows, budget = _main_rows(args, data)
+    if not args.no_equal_time:
+        _equal_time(args, rows, budget, data)
+    for row in rows:
+        row["valid_bpb_text"] = _fmt_spread(row)
+    depth_rows = _depth_rows(args, data) if args.depths else []
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
-    return {"rows": rows, "budget_rows": budget_rows, "checks": checks, "settings": settings,
-            "machine": report.machine()}
+    result = {"rows": rows, "depth_rows": depth_rows, "budget_s": budget, "settings": settings,
+              "machine": report.machine()}
+    result["checks"] = checks(result)
+    return result
 
 
 def render(result: dict[str, Any]) -> str:
     """Both tables as markdown, with the settings and the targets read off them."""
     s = result["settings"]
-    lines = []
-    if result["rows"]:
-        lines += [f"By depth, equal steps ({s['steps']} steps of batch {s['batch_size']} × "
-                  f"{s['seq_len']} bytes per model):", "",
-                  report.markdown_table(result["rows"], DEPTH_COLUMNS), ""]
-    if result["budget_rows"]:
-        lines += [f"Equal wall-clock time ({s['budget']:g} s of training steps per model), "
-                  "the DEQ as `python -m models.train` trains it:", "",
-                  report.markdown_table(result["budget_rows"], BUDGET_COLUMNS), ""]
+    seeds = ", ".join(str(seed) for seed in s["seeds"])
+    lines = [
+        f"Each model trains {s['steps']} steps of batch {s['batch_size']} × {s['seq_len']} "
+        f"bytes (equal steps; mean ± half the range over seeds {seeds}), and for the "
+        f"{result['budget_s']:.0f} s the DEQ's training steps took (equal time; seed "
+        f"{s['seeds'][0]}):", "",
+        report.markdown_table(result["rows"], MAIN_COLUMNS), "",
+    ]
     lines += [f"- {check}" for check in result["checks"]]
+    if result["depth_rows"]:
+        lines += ["", f"The DEQ against its unrolled weight-tied twin ({s['depth_steps']} "
+                  "steps each; the DEQ's forward and adjoint solves get at most `depth` "
+                  "iterations):", "",
+                  report.markdown_table(result["depth_rows"], DEPTH_COLUMNS)]
     lines += ["", report.machine_line(result["machine"])]
     return "\n".join(lines)
 
@@ -342,7 +432,8 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the markdown tables, write ``--json``; return the result."""
     args = build_parser().parse_args(argv)
-    result = run(args)
+    with SolveWarnings():  # counted by the step metrics; not printed once per step
+        result = run(args)
     report.publish(render(result), result, args.json)
     return result
 

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import output
 
 PARTS: tuple[str, ...] = ("correctness", "solvers", "lm", "backward")
 BUDGETS_S: dict[str, float] = {"correctness": 60.0, "solvers": 120.0, "lm": 170.0,
@@ -165,7 +165,7 @@ class Part:
     def save(self) -> None:
         self.record["seconds"] = time.perf_counter() - self.start
         if self.path is not None:
-            report.write_json(str(self.path), self.record)
+            output.write_json(str(self.path), self.record)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -206,13 +206,6 @@ def _digest(tree: Any) -> str:
         leaf = np.ascontiguousarray(np.asarray(leaf))
         digest.update(str(leaf.dtype).encode() + str(leaf.shape).encode() + leaf.tobytes())
     return digest.hexdigest()
-
-
-def baseline_model() -> str:
-    """The name of the standard Transformer baseline among ``models.train``'s models."""
-    from models.config import MODELS
-
-    return "transformer" if "transformer" in MODELS else "untied"
 
 
 def lm_config(settings: Settings, **overrides: Any) -> Any:
@@ -477,16 +470,16 @@ def candidate(config: Any, data: _Data, settings: Settings) -> Any:
     built, initial = _CANDIDATES[key]
     fresh = copy.copy(built)
     fresh.state = replicate(initial, data.mesh)
-    fresh.times, fresh.fevals, fresh.backward_vjps, fresh.backward_misses = [], [], [], 0
+    fresh.times, fresh.fevals, fresh.backward_vjps, fresh.steps_done = [], [], [], 0
     return fresh
 
 
 def _train(candidate: Any, data: _Data, steps: int) -> None:
-    from models.solve_reports import SolveWarnings
+    from models.solve_metrics import SolveWarnings
 
-    with SolveWarnings() as counter:
+    with SolveWarnings():  # counted, not printed at every step
         for step in range(steps):
-            candidate.train_step(data.batch(step), counter)
+            candidate.train_step(data.batch(step))
 
 
 def run_lm(settings: Settings, part: Part) -> None:
@@ -496,13 +489,9 @@ def run_lm(settings: Settings, part: Part) -> None:
     from models.sharding import make_mesh
 
     mesh = make_mesh()
-    baseline = baseline_model()
-    if baseline != "transformer":
-        part.note(f"models.train has no 'transformer' model yet; the baseline runs as "
-                  f"'{baseline}' (the same pre-LN Transformer, separate weights per layer)")
     configs = {"deq": lm_config(settings),
                f"transformer-{settings.baseline_depth}": lm_config(
-                   settings, model=baseline, depth=settings.baseline_depth)}
+                   settings, model="transformer", depth=settings.baseline_depth)}
     data = _Data(settings, configs["deq"], mesh)
     determinism(settings, part, data)
     rows = []
@@ -638,7 +627,7 @@ def run_part(name: str, settings: Settings, budget_s: float, path: Path | None) 
     """Run one part here, within ``budget_s`` as far as its own checks can tell; return its
     record (also written to ``path``)."""
     part = Part(name, budget_s, path)
-    part.record["machine"] = report.machine()
+    part.record["machine"] = output.machine()
     try:
         RUNNERS[name](settings, part)
     except Exception as err:  # noqa: BLE001 — one failing part must not lose the others
@@ -733,14 +722,14 @@ def device_line(machine: dict[str, Any] | None) -> str:
         return "device unknown (no part ran)"
     devices = machine.get("devices") or []
     kind = devices[0] if devices else machine.get("backend")
-    return (f"{len(devices)} × {kind} ({machine['backend']}) · {report.machine_line(machine)}")
+    return (f"{len(devices)} × {kind} ({machine['backend']}) · {output.machine_line(machine)}")
 
 
 TABLE_COLUMNS = (
-    report.Column("part", "part", align="left"),
-    report.Column("item", "item", align="left"),
-    report.Column("measured", "measured", align="left"),
-    report.Column("status", "status", align="left"),
+    output.Column("part", "part", align="left"),
+    output.Column("item", "item", align="left"),
+    output.Column("measured", "measured", align="left"),
+    output.Column("status", "status", align="left"),
 )
 
 
@@ -756,7 +745,7 @@ def render(result: dict[str, Any]) -> str:
         f"{device_line(result.get('machine'))}; {result.get('seconds', 0):.0f} s of "
         f"{result['total_s']:.0f} s ({timing}).",
         "",
-        report.markdown_table(rows, TABLE_COLUMNS),
+        output.markdown_table(rows, TABLE_COLUMNS),
     ]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
@@ -822,7 +811,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def write(result: dict[str, Any], out: Path) -> None:
     """``device_check.json`` and ``device_check.md`` in ``out``."""
-    report.write_json(str(out / JSON_NAME), result)
+    output.write_json(str(out / JSON_NAME), result)
     (out / TABLE_NAME).write_text(render(result), encoding="utf-8")
 
 

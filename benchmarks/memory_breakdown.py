@@ -1,9 +1,9 @@
 """Where the DEQ train step's memory goes: the peak of the compiled step for the defaults of
 ``python -m models.train`` and for variants that each take one part away, against the
-explicit weight-tied stack.
+DEQ's unrolled weight-tied twin.
 
-    python -m benchmarks.memory_breakdown                  # the default variants (2-3 minutes)
-    python -m benchmarks.memory_breakdown --variant "--backward-history 2" --variant ""
+    python -m benchmarks.memory_breakdown                  # the default variants
+    python -m benchmarks.memory_breakdown --variant "--backward-solver-options history=2" --variant ""
     python -m benchmarks.memory_breakdown --quick          # a tiny model (numbers not meaningful)
 
 Every row compiles one training step ``θ ← θ − η ∇_θ L(z*(θ), θ)`` and reads its peak from
@@ -11,7 +11,7 @@ XLA's ``memory_analysis()`` (``peak = arguments + outputs + temporaries − alia
 is trained, so the numbers do not depend on the machine's load. A variant is a string of
 ``python -m models.train`` flags applied on top of the defaults (``""``: the defaults
 themselves). ``ratio`` divides by the peak of the ``--baseline`` variant, by default the
-explicit weight-tied stack of depth 16 that ``benchmarks.deq_vs_explicit`` compares against;
+unrolled weight-tied twin of depth 16 that ``benchmarks.deq_vs_explicit`` compares against;
 ``Δ defaults`` is the difference to the defaults' peak. Like ``models.train``, the program
 compiles with XLA's memory-minimising CPU schedule (:mod:`models.xla_setup`) unless
 ``XLA_FLAGS`` already chooses a scheduler; the schedule is process-wide, so the
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import output
 from benchmarks.deq_vs_explicit import Candidate
 from benchmarks.timing import FAST_COMPILE
 from models.config import ConfigError, parse_config
@@ -37,28 +37,28 @@ from models.sharding import make_mesh, shard_batch
 from models.xla_setup import prefer_memory_schedule
 
 DEFAULTS = ""
-BASELINE = "--model explicit --depth 16"
+BASELINE = "--model unrolled --depth 16"
 VARIANTS: tuple[str, ...] = (
     DEFAULTS,
     "--backward jfb",
     "--jac-reg 0",
     "--backward jfb --jac-reg 0",
-    "--backward-history 2",
+    "--backward-solver-options history=2",
     "--backward-solver fixed_point --backward-max-iter 30",
     BASELINE,
 )
 """The default rows: the defaults, then each part of the DEQ's backward taken away (the
 implicit adjoint, the Jacobian regulariser, both, half the adjoint's history, an adjoint
-without history), then the explicit baseline."""
+without history), then the unrolled twin."""
 QUICK_SIZE = "--d-model 16 --num-heads 2 --seq-len 16 --batch-size 4"
 QUICK_VARIANTS = (DEFAULTS, "--backward jfb", BASELINE)
 
 COLUMNS = (
-    report.Column("variant", "variant (models.train flags)", align="left"),
-    report.Column("peak_bytes", "peak MiB", report.fmt_mib),
-    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
-    report.Column("delta_bytes", "Δ defaults MiB", lambda v: f"{v / 2**20:+.1f}"),
-    report.Column("ratio", "ratio", lambda v: f"{float(v):.3f}"),
+    output.Column("variant", "variant (models.train flags)", align="left"),
+    output.Column("peak_bytes", "peak MiB", output.fmt_mib),
+    output.Column("temp_bytes", "temp MiB", output.fmt_mib),
+    output.Column("delta_bytes", "Δ defaults MiB", lambda v: f"{v / 2**20:+.1f}"),
+    output.Column("ratio", "ratio", lambda v: f"{float(v):.3f}"),
 )
 
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.memory_breakdown",
         description="Peak memory of the compiled DEQ train step, by variant, against the "
-        "explicit weight-tied stack.",
+        "DEQ's unrolled weight-tied twin.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--variant", action="append", default=None, metavar="FLAGS",
@@ -116,15 +116,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "delta_bytes": m["peak"] - defaults, "ratio": m["peak"] / baseline,
     } for flags, m in memory.items()]
     settings = {"variants": variants, "baseline": args.baseline, "quick": args.quick}
-    return {"rows": rows, "settings": settings, "machine": report.machine()}
+    return {"rows": rows, "settings": settings, "machine": output.machine()}
 
 
 def render(result: dict[str, Any]) -> str:
     baseline = result["settings"]["baseline"]
     return "\n".join([
         f"Train-step peak memory; ratio to `{baseline}`:", "",
-        report.markdown_table(result["rows"], COLUMNS), "",
-        report.machine_line(result["machine"]),
+        output.markdown_table(result["rows"], COLUMNS), "",
+        output.machine_line(result["machine"]),
     ])
 
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = run(args)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    report.publish(render(result), result, args.json)
+    output.publish(render(result), result, args.json)
     return result
 
 

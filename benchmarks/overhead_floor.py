@@ -37,28 +37,28 @@ import numpy as np
 from jax import lax
 
 import solvers
-from benchmarks import cli, compare_solvers, report, timing
-from benchmarks.problem import Problem
+from benchmarks import cli, output, timing
+from benchmarks.problems import Problem
 from solvers.flat import flat_view
 from solvers.types import PyTree
 
 SOLVERS = ("fixed_point", "broyden")
-DEFAULTS = compare_solvers.DEFAULTS
+DEFAULTS = cli.SOLVER_DEFAULTS
 
 COLUMNS = [
-    report.Column("problem", "problem", align="left"),
-    report.Column("dim", "d", report.fmt_int),
-    report.Column("solver", "solver", align="left"),
-    report.Column("iterations", "iters", report.fmt_int),
-    report.Column("fevals", "f-evals", report.fmt_int),
-    report.Column("f_us", "f µs", lambda v: f"{v:.0f}"),
-    report.Column("call_us", "call µs", lambda v: f"{v:.0f}"),
-    report.Column("overhead", "overhead", report.fmt_ratio),
-    report.Column("floor_call", "floor: call", report.fmt_ratio),
-    report.Column("floor_read", "floor: call + read", report.fmt_ratio),
-    report.Column("floor_passes", "floor: call + passes", report.fmt_ratio),
-    report.Column("faulted_bytes", "faulted MiB/call", report.fmt_mib),
-    report.Column("temp_bytes", "temp MiB", report.fmt_mib),
+    output.Column("problem", "problem", align="left"),
+    output.Column("dim", "d", output.fmt_int),
+    output.Column("solver", "solver", align="left"),
+    output.Column("iterations", "iters", output.fmt_int),
+    output.Column("fevals", "f-evals", output.fmt_int),
+    output.Column("f_us", "f µs", lambda v: f"{v:.0f}"),
+    output.Column("call_us", "call µs", lambda v: f"{v:.0f}"),
+    output.Column("overhead", "overhead", output.fmt_ratio),
+    output.Column("floor_call", "floor: call", output.fmt_ratio),
+    output.Column("floor_read", "floor: call + read", output.fmt_ratio),
+    output.Column("floor_passes", "floor: call + passes", output.fmt_ratio),
+    output.Column("faulted_bytes", "faulted MiB/call", output.fmt_mib),
+    output.Column("temp_bytes", "temp MiB", output.fmt_mib),
 ]
 
 
@@ -99,10 +99,9 @@ def faulted_bytes(run: Callable[[], Any], calls: int = 5) -> float:
     return faults * resource.getpagesize() / calls
 
 
-def buffer_stages(options: Mapping[str, Any], size: int, iterations: int) -> dict[int, int]:
+def buffer_stages(broyden: solvers.Solver, size: int, iterations: int) -> dict[int, int]:
     """``{slots: iterations}``: how many of Broyden's iterations run with each buffer size."""
-    full = max(1, min(options["history"], options["max_iter"], size))
-    first = min(options["initial_history"] or full, full)
+    first, full = broyden.method.slots(size, broyden.stopping)
     early = min(iterations, first)
     stages = {first: early}
     if iterations > early:
@@ -120,10 +119,11 @@ def build_solvers(
     if unknown:
         raise ValueError(f"--solver-option for {', '.join(unknown)}: this benchmark measures "
                          f"only {', '.join(SOLVERS)}")
-    settings = {"tol": common.tol, "max_iter": common.max_iter, "stop_mode": "rel",
-                "batch_axis": 0}
-    return {name: solvers.get(name, **{**settings, **solver_options.get(name, {})})
-            for name in SOLVERS}
+    return {
+        name: solvers.get(name, tol=common.tol, max_iter=common.max_iter, stop_mode="rel",
+                          batch_axis=0).replace(**solver_options.get(name, {}))
+        for name in SOLVERS
+    }
 
 
 def run_problem(
@@ -131,7 +131,7 @@ def run_problem(
     on_step: Callable[[], None] = lambda: None,
 ) -> list[dict[str, Any]]:
     """The rows of one problem: each solver's overhead beside the floors under it."""
-    broyden = solves["broyden"].options
+    broyden = solves["broyden"]
     view = flat_view(problem.z0, batch_axis=0)
     batch, size = view.batch, view.size
     calls = timing.f_loop_calls(problem.f, problem.z0, problem.args,
@@ -220,7 +220,7 @@ def run(common: cli.Common, solves: Mapping[str, solvers.Solver]) -> dict[str, A
                      "dims": list(common.dims), "repeats": common.repeats,
                      "problems": [p.name for p in problems],
                      "solvers": [repr(solve) for solve in solves.values()]},
-        "machine": report.machine(),
+        "machine": output.machine(),
         "rows": rows,
         "medians": medians(rows),
         "notes": notes,
@@ -233,11 +233,11 @@ def render(result: Mapping[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"Overhead floors at per-sample relative tolerance {s['tol']:g} (max {s['max_iter']} "
-        f"iterations), batch {s['batch']}, float32; {report.machine_line(result['machine'])}.",
+        f"iterations), batch {s['batch']}, float32; {output.machine_line(result['machine'])}.",
         "",
         f"Solvers: {'; '.join(s['solvers'])}.",
         "",
-        report.markdown_table(result["rows"], COLUMNS),
+        output.markdown_table(result["rows"], COLUMNS),
         "",
         *[f"- {line}" for line in result["medians"]],
     ]
@@ -263,11 +263,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     try:
         common = cli.common(args, DEFAULTS)
         solves = build_solvers(
-            common, compare_solvers.parse_solver_options(args.solver_option))
+            common, cli.parse_solver_options(args.solver_option))
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     result = run(common, solves)
-    report.emit(result, render(result), common.json, common.csv, [c.key for c in COLUMNS])
+    output.emit(result, render(result), common.json, common.csv, [c.key for c in COLUMNS])
     return result
 
 

@@ -1,6 +1,9 @@
 """Benchmark problems: fixed points ``z = f(z, *args)`` with a batch of independent samples.
 
-Every :class:`Problem` exposes the same map in the two forms solvers need:
+:class:`Problem` is what every benchmark measures on; this module builds the built-in
+ones, :mod:`benchmarks.transformer_problem` the DEQ-Transformer block, and
+:func:`user_problem` a user's own; :class:`ProblemUnavailable` says why a problem cannot
+be built here. Every :class:`Problem` exposes the same map in the two forms solvers need:
 
 * ``f(z, *args)``: batched, the batch on axis 0 of ``z`` and of the batched ``args``
   (those whose ``in_axes`` entry is ``0``); our registry solvers run it with
@@ -28,30 +31,92 @@ Built-in families (``d`` is the per-sample size, ``B`` the batch):
   checkpoint), when that package provides it (see :func:`transformer_problem`).
 * a user's own layer, ``--problem module:function`` (see :func:`user_problem`).
 
-The tanh layers take the injection ``b = x Uᵀ`` as their batched argument, computed once
-outside the solve as a DEQ does, so ``f(z, W, b) = tanh(z Wᵀ + b)`` costs one matrix
-product per evaluation. Gradients are taken with respect to ``W`` and ``b``.
+The tanh layers are :func:`implicit.testing.layers.tanh_layer` with the injection
+``b = x Uᵀ`` as their batched argument, computed once outside the solve as a DEQ does, so
+``f(z, {"w": W}, b) = tanh(z Wᵀ + b)`` costs one matrix product per evaluation. Gradients
+are taken with respect to ``W`` and ``b``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.problem import Problem
+from implicit.testing.layers import tanh_layer
+from solvers.types import PyTree
 
 SLOW_RHOS = (0.9, 0.99, 0.999)
 NONLINEAR_DIM = 16
 
 
-def tanh_layer(z: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """``tanh(z Wᵀ + b)``: a weight-tied layer with the injection ``b`` precomputed."""
-    return jnp.tanh(z @ w.T + b)
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One batched fixed-point problem ``z = f(z, *args)``.
+
+    Attributes:
+      name: the row label (``"slow-modes-0.99"``); ``family`` groups variants.
+      dim: per-sample state size.
+      f: the batched map ``f(z, *args)``; ``z`` and the batched args carry the batch on axis 0.
+      z0: the batched initial guess.
+      args: the arguments of ``f``.
+      in_axes: per argument, ``0`` if batched along axis 0 or ``None`` if shared.
+      diff_argnums: the argument indices the benchmark differentiates with respect to.
+      root: the exact batched solution when known, else ``None``.
+      note: one line describing the problem.
+    """
+
+    name: str
+    family: str
+    dim: int
+    f: Callable[..., PyTree]
+    z0: PyTree
+    args: tuple
+    in_axes: tuple
+    diff_argnums: tuple[int, ...]
+    root: Optional[PyTree] = None
+    note: str = ""
+
+    @property
+    def batch(self) -> int:
+        return int(jax.tree_util.tree_leaves(self.z0)[0].shape[0])
+
+    def per_sample(self) -> Callable[..., PyTree]:
+        """``f_i(z_i, *args_i)`` on one sample: ``f`` on a batch of one."""
+        f, in_axes = self.f, self.in_axes
+
+        def f_single(z: PyTree, *args: PyTree) -> PyTree:
+            batched = [
+                jax.tree_util.tree_map(lambda a: a[None], arg) if axis == 0 else arg
+                for arg, axis in zip(args, in_axes, strict=True)
+            ]
+            out = f(jax.tree_util.tree_map(lambda a: a[None], z), *batched)
+            return jax.tree_util.tree_map(lambda a: a[0], out)
+
+        return f_single
+
+    def astype(self, dtype: Any) -> Problem:
+        """The same problem with every floating array cast to ``dtype`` (for references)."""
+
+        def cast(tree: PyTree) -> PyTree:
+            return jax.tree_util.tree_map(
+                lambda a: jnp.asarray(a, dtype)
+                if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
+                tree,
+            )
+
+        root = None if self.root is None else cast(self.root)
+        return dataclasses.replace(self, z0=cast(self.z0), args=cast(self.args), root=root)
+
+
+class ProblemUnavailable(RuntimeError):
+    """A problem that cannot be built here (e.g. its package is missing); the reason is the message."""
+
 
 
 def linear_map(z: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -109,7 +174,7 @@ def _tanh_problem(
     u = rng.standard_normal((d, d)) / np.sqrt(d)
     x = x_scale * rng.standard_normal((batch, d))
     b = x @ u.T
-    args = (jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+    args = ({"w": jnp.asarray(w, jnp.float32)}, jnp.asarray(b, jnp.float32))
     return Problem(
         name=name, family=family, dim=d, f=tanh_layer, z0=jnp.zeros((batch, d), jnp.float32),
         args=args, in_axes=(None, 0), diff_argnums=(0, 1), note=note,
@@ -180,15 +245,14 @@ def nonlinear(dim: int, batch: int, seed: int = 0) -> Problem:
 def transformer_problem(
     dim: int, batch: int, seed: int = 0, checkpoint: Optional[str] = None
 ) -> Problem:
-    """The DEQ-Transformer block of :mod:`models` (see :mod:`benchmarks.transformer_problem`).
+    """The DEQ-Transformer block of :mod:`models` (see :mod:`benchmarks.transformer_problem`,
+    loaded only here: it needs the model and its data).
 
     ``dim`` is unused: the model fixes its own size. Raises :class:`ProblemUnavailable`
     with the reason when :mod:`models` cannot provide the block.
     """
     del dim
-    from benchmarks.transformer_problem import build as build_transformer
-
-    return build_transformer(batch, seed, checkpoint)
+    return importlib.import_module("benchmarks.transformer_problem").build(batch, seed, checkpoint)
 
 
 def from_triple(name: str, built: Sequence, note: str = "") -> Problem:

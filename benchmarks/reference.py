@@ -1,4 +1,5 @@
-"""High-accuracy reference solutions and gradients, computed in float64 and verified.
+"""High-accuracy reference solutions and gradients, computed in float64 and verified, and
+how a candidate's loss, gradient and residuals are measured against them.
 
 For a problem ``z* = f(z*, *args)`` and the loss ``L = Σ c ⊙ z*`` (``c`` a fixed random
 cotangent), the exact gradient is, by the implicit function theorem,
@@ -15,7 +16,7 @@ not reach its tolerance is visible in the output rather than trusted silently.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ import numpy as np
 
 import solvers
 from benchmarks import timing
-from benchmarks.problem import Problem
+from benchmarks.problems import Problem
 from solvers import pytree, residuals
 from solvers.types import PyTree
 
@@ -147,3 +148,39 @@ def cosine_similarity(grads: tuple, reference: tuple) -> float:
 
 def _float64(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def loss_and_grad(
+    problem: Problem, solution: Callable[..., PyTree], cotangent: PyTree
+) -> Callable[..., tuple]:
+    """``(z0, *args) -> (L, ∂L/∂args[diff_argnums])`` with ``L = Σ c ⊙ z*(args)``."""
+    diff = problem.diff_argnums
+
+    def objective(diff_args: tuple, z0: PyTree, args: tuple) -> jax.Array:
+        full = list(args)
+        for i, value in zip(diff, diff_args, strict=True):
+            full[i] = value
+        return loss(solution(z0, *full), cotangent)
+
+    grad = jax.value_and_grad(objective)
+
+    def run(z0: PyTree, *args: PyTree) -> tuple:
+        return grad(tuple(args[i] for i in diff), z0, args)
+
+    return run
+
+
+def relative_residuals(problem: Problem) -> Callable[[PyTree, tuple], jax.Array]:
+    """Jitted ``(z, args) -> (batch,)`` of ``‖f(z) − z‖ / ‖f(z)‖``: the one re-measurement for all."""
+
+    @jax.jit
+    def residuals(z: PyTree, args: tuple) -> jax.Array:
+        return per_sample_relative_residual(z, problem.f(z, *args))
+
+    return residuals
+
+
+def max_or_nan(values: np.ndarray) -> float:
+    """The maximum, NaN if any value is NaN (a NaN sample is never hidden)."""
+    values = np.asarray(values, dtype=float)
+    return float(np.max(values)) if values.size else float("nan")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.problem import Problem, ProblemUnavailable
+from benchmarks.problems import Problem, ProblemUnavailable
 
 PREFIX = "lm/deq/"  # where the DEQ language model keeps its block's parameters
 

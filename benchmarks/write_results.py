@@ -4,7 +4,7 @@
     python -m benchmarks.write_results --dry-run       # print what would be written
     python -m benchmarks.write_results --compare-json cs.json --backward-json bm.json
     python -m benchmarks.write_results --deq-json deq.json   # also the DEQ-vs-explicit tables
-    python -m benchmarks.write_results --with-deq            # run deq_vs_explicit too (~15 min)
+    python -m benchmarks.write_results --with-deq            # run deq_vs_explicit too
 
 ``docs/results.md`` (``--output``) is written whole: the machine the numbers were
 measured on, the commands that reproduce them, and the tables of
@@ -19,11 +19,16 @@ The tables of :mod:`benchmarks.deq_vs_explicit` (with ``--deq-json`` or ``--with
 to the results page and, whole, to the README between ``<!-- deq-vs-explicit:start -->`` and
 ``<!-- deq-vs-explicit:end -->``; without them that README section is left as it is.
 
+The page's "Measured notes" (between ``<!-- notes:start -->`` and ``<!-- notes:end -->``)
+hold figures measured by other commands, each with the command that reproduces it: the
+figures the toolkit's docstrings and ``--help`` texts refer to instead of quoting them. The
+page is rewritten whole, but that section is carried over from the page it replaces.
+
 ``--device-check DIR`` publishes a run of :mod:`benchmarks.device_check` (on a GPU) and
 nothing else: its table replaces the part of the results page between
 ``<!-- device-check:start -->`` and ``<!-- device-check:end -->``, and its one-paragraph
-summary the same part of the README. Rewriting the page from the CPU benchmarks keeps that
-part as it was.
+summary the same part of the README. Rewriting the page from the CPU benchmarks carries that
+part over too.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, device_check, report
+from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, device_check, output
 from models.xla_setup import prefer_memory_schedule
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 DEQ_START = "<!-- deq-vs-explicit:start -->"
 DEQ_END = "<!-- deq-vs-explicit:end -->"
+NOTES_START = "<!-- notes:start -->"
+NOTES_END = "<!-- notes:end -->"
 DEVICE_START = "<!-- device-check:start -->"
 DEVICE_END = "<!-- device-check:end -->"
 DEVICE_HEADING = "## On a GPU: `python -m benchmarks.device_check`"
@@ -79,10 +86,21 @@ def _commands(quick: bool) -> list[str]:
     ]
 
 
+def measured_notes(page: str, start: str = NOTES_START, end: str = NOTES_END) -> Optional[str]:
+    """The "Measured notes" between :data:`NOTES_START` and :data:`NOTES_END` of a results
+    page (or another section between ``start`` and ``end``), or ``None`` when it has none."""
+    if page.count(start) != 1 or page.count(end) != 1:
+        return None
+    return page.split(start, 1)[1].split(end, 1)[0].strip()
+
+
 def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool,
-                 page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None) -> str:
+                 page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None,
+                 notes: Optional[str] = None, device: Optional[str] = None) -> str:
     """The markdown of ``docs/results.md`` (which lies in ``page_dir``, where its plot links
-    start): every table, how it was measured and how to reproduce it."""
+    start): every table, how it was measured and how to reproduce it, then the measured
+    ``notes`` and the ``device`` check's section carried over from the page before
+    (:func:`measured_notes`)."""
     lines = [
         "# Benchmark results",
         "",
@@ -116,6 +134,10 @@ def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], qu
             "",
             deq_vs_explicit.render(deq),
         ]
+    if notes:
+        lines += ["", "## Measured notes", "", NOTES_START, notes, NOTES_END]
+    if device:
+        lines += ["", DEVICE_HEADING, "", DEVICE_START, device, DEVICE_END]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +168,7 @@ def _measured_line(compare: dict[str, Any]) -> str:
     machine = compare["machine"]
     date = datetime.date.today().isoformat()
     return (
-        f"Measured {date} on {report.machine_line(machine)}"
+        f"Measured {date} on {output.machine_line(machine)}"
         + (f" (jaxopt {machine.get('jaxopt')}, optimistix {machine.get('optimistix')})"
            if machine.get("optimistix") or machine.get("jaxopt") else "")
         + ". All numbers of a table come from one process, measured side by side "
@@ -176,21 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a deq_vs_explicit --json output: its tables go to the page and "
                         "to the README's deq-vs-explicit section")
     parser.add_argument("--with-deq", action="store_true",
-                        help="run deq_vs_explicit here for those tables (about 15 minutes)")
+                        help="run deq_vs_explicit here for those tables (long: it trains every "
+                        "model it compares)")
     parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
                         help="where compare_solvers writes the plots the section links")
     parser.add_argument("--device-check", default=None, metavar="DIR",
                         help="publish only the device check written to DIR: its table to the "
                         "page's and its summary to the README's device-check section")
     return parser
-
-
-def device_section(page: str) -> str:
-    """The page's device-check section, markers included (``""`` if it has none)."""
-    if page.count(DEVICE_START) != 1 or page.count(DEVICE_END) != 1:
-        return ""
-    start, end = page.index(DEVICE_START), page.index(DEVICE_END) + len(DEVICE_END)
-    return page[start:end] if start < end else ""
 
 
 def publish_device_check(directory: str, page_path: str, readme: str) -> None:
@@ -263,13 +278,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         deq = _load(args.deq_json)
     elif args.with_deq:
         deq = deq_vs_explicit.run(deq_vs_explicit.build_parser().parse_args(quick))
-    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq)
-    previous = ""
+    notes = device = None
     if os.path.exists(args.output):
         with open(args.output, encoding="utf-8") as handle:
-            previous = device_section(handle.read())
-    if previous:  # the GPU's table is not the CPU benchmarks' to replace
-        page += f"\n{DEVICE_HEADING}\n\n{previous}\n"
+            previous = handle.read()
+        notes = measured_notes(previous)
+        device = measured_notes(previous, DEVICE_START, DEVICE_END)  # the GPU's, not ours
+    page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq,
+                        notes, device)
     summary = readme_summary(compare, backward)
     if args.dry_run:
         print(page)

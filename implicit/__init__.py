@@ -1,21 +1,24 @@
 """Differentiable fixed points: ``z* = f(z*, *args)`` with exact, constant-memory derivatives.
 
-    from implicit import fixed_point, Implicit
-    sol = fixed_point(f, z0, params, x, solver="broyden", backward=Implicit("gmres"))
+    from implicit import fixed_point, Implicit, GMRES
+    sol = fixed_point(f, z0, params, x, solver="broyden", backward=Implicit(GMRES()))
     jax.grad(lambda p: loss(fixed_point(f, z0, p, x).value))(params)
 
 * :func:`fixed_point` — the differentiable solve.
 * Gradient modes as values (:mod:`implicit.modes`): :class:`Implicit` (implicit
   function theorem, forward and reverse mode; tangent and adjoint equations solved by
-  a registry solver or a Krylov solver, :mod:`implicit.linear`), :class:`Phantom`,
-  :class:`JFB` and :class:`Unroll`; the strings ``"implicit"``, ``"phantom"``,
-  ``"jfb"``, ``"unroll"`` stand for their defaults.
-* :class:`implicit.haiku.DEQ` — the layer as a Haiku module; :func:`deq` — the call
-  shape of the original Haiku DEQ code.
-* :class:`implicit.flax.DEQ` (Flax NNX) and :class:`implicit.equinox.DEQ` (Equinox) — the
-  layer for the other two frameworks, optional extras (``pip install -e '.[flax]'``,
-  ``'.[equinox]'``): ``import implicit`` never needs them; ``implicit.flax`` and
-  ``implicit.equinox`` are imported on first use.
+  a fixed-point solver or a Krylov solver — :class:`GMRES`, :class:`BiCGStab`,
+  :class:`NormalCG`, :mod:`implicit.linear`), :class:`Phantom`, :class:`JFB` and
+  :class:`Unroll`; the strings ``"implicit"``, ``"phantom"``, ``"jfb"``, ``"unroll"``
+  stand for their defaults.
+* The layers, one signature in every framework (:mod:`implicit.layer`):
+  :class:`implicit.haiku.DEQ` (Haiku), and :class:`implicit.flax.DEQ` (Flax NNX) and
+  :class:`implicit.equinox.DEQ` (Equinox) as optional extras (``pip install -e
+  '.[flax]'``, ``'.[equinox]'``): ``import implicit`` never needs them; ``implicit.flax``
+  and ``implicit.equinox`` are imported on first use. :func:`deq` is a shim with the
+  call shape of the original (seed) Haiku DEQ code.
+* Convergence reports (:mod:`implicit.convergence`): :class:`ForwardSolveWarning`,
+  :class:`BackwardSolveWarning` and the monitor's :class:`SolveReport`.
 * The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
   mode's gradient is from the exact one, on your own model.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
@@ -36,10 +39,12 @@ from implicit.audit import (
     compare_gradients,
     reference_configuration,
 )
+from implicit.convergence import BackwardSolveWarning, ForwardSolveWarning, SolveReport
 from implicit.deq import deq
 from implicit.extras import FRAMEWORKS
 from implicit.fixed_point import fixed_point
-from implicit.linear import KRYLOV_NAMES
+from implicit.layer import DEQSettings
+from implicit.linear import GMRES, KRYLOV_NAMES, BiCGStab, Krylov, NormalCG
 from implicit.linear import available as backward_solvers
 from implicit.modes import BACKWARD_MODES, JFB, Implicit, Mode, Phantom, Unroll, as_mode
 from implicit.regularizers import (
@@ -49,18 +54,22 @@ from implicit.regularizers import (
     solver_trajectory,
     spectral_radius,
 )
-from implicit.reporting import BackwardSolveWarning, ForwardSolveWarning, SolveReport
 
 __all__ = [
     "BACKWARD_MODES",
     "BackwardSolveWarning",
+    "BiCGStab",
+    "DEQSettings",
     "ForwardSolveWarning",
+    "GMRES",
     "GradientAudit",
     "Implicit",
     "JFB",
     "JacobianPenalty",
     "KRYLOV_NAMES",
+    "Krylov",
     "Mode",
+    "NormalCG",
     "Phantom",
     "SolveReport",
     "Unroll",

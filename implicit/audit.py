@@ -17,6 +17,7 @@ gradient mode (a Haiku model from its config, for example) and returns a scalar.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
@@ -61,8 +62,9 @@ def reference_configuration(
     forward = solvers.get(forward)
     if tol is None:
         tol = REFERENCE_TOL[jnp.finfo(jnp.dtype(dtype)).bits // 8]
-    max_iter = max_iter or max(4 * forward.options["max_iter"], REFERENCE_MIN_ITER)
-    tight = forward.replace(tol=tol, stop_mode="rel", max_iter=max_iter)
+    max_iter = max_iter or max(4 * forward.stopping.max_iter, REFERENCE_MIN_ITER)
+    stopping = dataclasses.replace(forward.stopping, tol=tol, stop_mode="rel", max_iter=max_iter)
+    tight = dataclasses.replace(forward, stopping=stopping)
     return tight, Implicit(tight)
 
 

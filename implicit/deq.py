@@ -1,4 +1,8 @@
-"""``deq``: the call shape of the original Haiku DEQ code, on top of :func:`implicit.fixed_point`.
+"""``deq``: a shim with the call shape of the original (seed) Haiku DEQ code, kept so that
+code written against it runs unchanged, on top of :func:`implicit.fixed_point`.
+
+New code should use a layer (``implicit.haiku.DEQ``, ``implicit.flax.DEQ``,
+``implicit.equinox.DEQ``, one signature; :mod:`implicit.layer`) or :func:`fixed_point`.
 
     inner = hk.transform(block)
     params = hk.lift(inner.init)(hk.next_rng_key(), x, x)
@@ -31,7 +35,8 @@ def deq(
     return_stats: bool = False,
     **solver_options: Any,
 ) -> Any:
-    """Solve ``z* = fun(params, rng, z*, *args)`` from ``z0`` in at most ``max_iter`` iterations.
+    """Solve ``z* = fun(params, rng, z*, *args)`` from ``z0`` in at most ``max_iter`` iterations
+    (the seed-compatible shim; see the module docstring).
 
     Derivatives flow to ``params`` and ``args`` by the gradient mode ``backward`` (a
     value of :mod:`implicit.modes` or its name); ``**solver_options`` go to ``solver``.

@@ -7,6 +7,7 @@
 
     layer = DEQ(Block(eqx.nn.Linear(8, 8, key=key)), solver="anderson", max_iter=30)
     z_star = layer(x)                             # z* = block(z*, x)
+    z_star, stats = DEQ(block, return_stats=True)(x)   # and the solvers.Stats
 
 :class:`DEQ` holds the block as a field. When called, it splits the block into its
 array leaves ``params`` and the rest with ``eqx.partition(block, eqx.is_array)`` and
@@ -33,9 +34,9 @@ try:
 except ImportError as error:
     raise missing("equinox") from error
 
-import solvers
-from implicit.fixed_point import fixed_point
-from implicit.modes import Mode, as_mode
+from implicit.layer import DEQSettings, ParamsMap
+from implicit.modes import Mode
+from implicit.regularizers import JacobianPenalty
 from solvers import Solver
 from solvers.types import PyTree
 
@@ -69,21 +70,20 @@ def as_fixed_point(
 
 class DEQ(eqx.Module):
     """A Deep Equilibrium layer: ``layer(x, z0=None, *, key=None)`` returns
-    ``z* = block(z*, x)``, or ``(z*, stats)`` with ``return_stats=True``.
+    ``z* = block(z*, x)``.
+
+    ``DEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
+    **solver_options)`` is the signature of every framework's layer
+    (:mod:`implicit.layer`).
 
     Args:
       block: an Equinox module (or any pytree callable) ``block(z, x) -> z`` returning
         the structure, shapes and dtypes of ``z``; with randomness,
         ``block(z, x, *, key)``. Its array leaves are differentiated implicitly.
-      solver: the forward solver: a name from ``solvers.available()`` or a
-        :class:`solvers.Solver` value.
-      backward: the gradient mode: a value of :mod:`implicit.modes` (``Implicit(...)``,
-        ``Phantom(...)``, ``JFB()``, ``Unroll()``) or the name of one for its defaults.
-      return_stats: also return ``stats``, the :class:`solvers.Stats` of the forward
-        solve (no gradient).
-      **solver_options: options of ``solver`` (``max_iter``, ``tol``, ``stop_mode``,
-        ``batch_axis``, ...). The solver and the mode are built here, so bad names and
-        options fail now with the library's errors.
+      solver, backward, return_stats, jacobian_penalty, transform_params,
+        **solver_options: as for every layer (:mod:`implicit.layer`). The penalty's
+        probes are drawn from the call's ``key``, which it needs; ``transform_params``
+        maps the block's array leaves.
 
     Randomness (variational dropout, as in :class:`implicit.haiku.DEQ`): with
     ``key``, the block is called as ``block(z, x, key=key)`` with that one key at every
@@ -95,22 +95,20 @@ class DEQ(eqx.Module):
     """
 
     block: Callable[..., PyTree]
-    solver: Solver = eqx.field(static=True)
-    backward: Mode = eqx.field(static=True)
-    return_stats: bool = eqx.field(static=True)
+    settings: DEQSettings = eqx.field(static=True)
 
     def __init__(
-        self,
-        block: Callable[..., PyTree],
-        solver: Union[str, Solver] = "broyden",
-        backward: Union[str, Mode] = "implicit",
-        return_stats: bool = False,
-        **solver_options: Any,
+        self, block: Callable[..., PyTree], *, solver: Union[str, Solver] = "broyden",
+        backward: Union[str, Mode] = "implicit", return_stats: bool = False,
+        jacobian_penalty: Optional[JacobianPenalty] = None,
+        transform_params: Optional[ParamsMap] = None, **solver_options: Any,
     ) -> None:
         self.block = block
-        self.solver = solvers.get(solver, **solver_options)
-        self.backward = as_mode(backward)
-        self.return_stats = return_stats
+        self.settings = DEQSettings.build(solver, backward, return_stats, jacobian_penalty,
+                                          transform_params, solver_options)
+
+    solver = property(lambda self: self.settings.solver, doc="The forward solver.")
+    backward = property(lambda self: self.settings.backward, doc="The gradient mode.")
 
     def __call__(
         self, x: PyTree, z0: Optional[PyTree] = None, *, key: Optional[jax.Array] = None
@@ -119,5 +117,5 @@ class DEQ(eqx.Module):
         if z0 is None:
             z0 = jax.tree_util.tree_map(jnp.zeros_like, x)
         f, params = as_fixed_point(self.block, key=key)
-        solution = fixed_point(f, z0, params, x, solver=self.solver, backward=self.backward)
-        return (solution.value, solution.stats) if self.return_stats else solution.value
+        probes = None if key is None else jax.random.fold_in(key, 1)
+        return self.settings.solve(f, z0, params, x, key=probes)[1]

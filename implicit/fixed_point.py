@@ -24,7 +24,6 @@ import solvers
 from implicit.modes import Mode, as_mode
 from solvers import Solver
 from solvers.types import PyTree, Solution
-from solvers.validation import check_map, check_state
 
 
 def fixed_point(
@@ -44,10 +43,11 @@ def fixed_point(
       z0: the initial guess (any pytree of floating arrays). Its derivative is
         exactly zero in every mode but ``Unroll``.
       *args: pytrees passed to ``f``; derivatives flow to their floating leaves.
-      solver: the forward solver: a name from ``solvers.available()`` or a
-        :class:`solvers.Solver` value.
-      solver_options: options of the forward solver (``max_iter``, ``tol``,
-        ``stop_mode``, ``batch_axis``, ...), applied on top of a value's own.
+      solver: the forward solver: a :class:`solvers.Solver` value, or a name from
+        ``solvers.available()`` (the string front door, :func:`solvers.get`).
+      solver_options: options of the forward solver by name (``max_iter``, ``tol``,
+        ``stop_mode``, ``batch_axis``, ...), applied on top of a value's own
+        (:meth:`solvers.Solver.replace`).
       backward: the gradient mode: :class:`~implicit.modes.Implicit` (default),
         :class:`~implicit.modes.Phantom`, :class:`~implicit.modes.JFB`,
         :class:`~implicit.modes.Unroll`, or their names ``"implicit"``, ``"phantom"``,
@@ -68,6 +68,5 @@ def fixed_point(
     """
     mode = as_mode(backward)
     forward = mode.prepare(solvers.get(solver, **dict(solver_options or {})))
-    check_state(z0, forward.options["batch_axis"])
-    check_map(f, z0, args)
+    forward.check(f, z0, args)  # once: the modes run the solve without checking again
     return mode.attach(f, z0, args, forward)

@@ -6,9 +6,8 @@
         def __call__(self, z, x):
             return jnp.tanh(self.linear(z) + x)
 
-    layer = DEQ(Block(8, nnx.Rngs(0)), solver="anderson", max_iter=30)
-    z_star = layer(x)                             # z* = block(z*, x)
-    layer.stats.get_value()                       # the solvers.Stats of the last call
+    layer = DEQ(Block(8, nnx.Rngs(0)), solver="anderson", max_iter=30, return_stats=True)
+    z_star, stats = layer(x)                      # z* = block(z*, x), solvers.Stats
 
 :class:`DEQ` splits the block with ``nnx.split`` into its graph, its RNG state and the
 rest of its state (its parameters, ``params``), and solves ``z* = block(z*, x)`` with
@@ -36,19 +35,14 @@ try:
 except ImportError as error:
     raise missing("flax") from error
 
-import solvers
-from implicit.fixed_point import fixed_point
-from implicit.modes import Mode, as_mode
+from implicit.layer import DEQSettings, ParamsMap
+from implicit.modes import Mode
+from implicit.regularizers import JacobianPenalty
 from solvers import Solver
 from solvers.types import PyTree
 
 BlockMap = Callable[[PyTree, nnx.State, PyTree], PyTree]
 """``f(z, params, x) -> z``: a block as a plain function of its parameters."""
-
-
-class DEQStats(nnx.Variable):
-    """The :class:`solvers.Stats` of a :class:`DEQ`'s last forward solve (``None`` before
-    the first call; no gradient). Read it with ``layer.stats.get_value()``."""
 
 
 def as_fixed_point(block: nnx.Module) -> tuple[BlockMap, nnx.State]:
@@ -90,23 +84,20 @@ def _dropout_stream(rngs: Union[nnx.Rngs, nnx.RngStream, None]) -> Optional[nnx.
 class DEQ(nnx.Module):
     """A Deep Equilibrium layer: ``layer(x, z0=None)`` returns ``z* = block(z*, x)``.
 
+    ``DEQ(block, *, solver, backward, return_stats, jacobian_penalty, transform_params,
+    **solver_options)`` is the signature of every framework's layer
+    (:mod:`implicit.layer`); ``rngs`` is Flax's own.
+
     Args:
       block: an NNX module ``block(z, x) -> z`` returning the structure, shapes and
         dtypes of ``z``. Its state updates inside the solve are discarded (keep
         ``nnx.BatchNorm`` and the like out of it).
-      solver: the forward solver: a name from ``solvers.available()`` or a
-        :class:`solvers.Solver` value.
-      backward: the gradient mode: a value of :mod:`implicit.modes` (``Implicit(...)``,
-        ``Phantom(...)``, ``JFB()``, ``Unroll()``) or the name of one for its defaults.
+      solver, backward, return_stats, jacobian_penalty, transform_params,
+        **solver_options: as for every layer (:mod:`implicit.layer`). The penalty's
+        probes come from ``rngs``, which it needs; ``transform_params`` maps the block's
+        ``nnx.State``.
       rngs: where the dropout keys come from (an ``nnx.Rngs``, whose ``dropout``
         stream is used, else its ``default`` one; or an ``nnx.RngStream``). See below.
-      **solver_options: options of ``solver`` (``max_iter``, ``tol``, ``stop_mode``,
-        ``batch_axis``, ...). The solver and the mode are built here, so bad names and
-        options fail now with the library's errors.
-
-    Attributes:
-      stats: a :class:`DEQStats` variable holding the :class:`solvers.Stats` of the
-        last call.
 
     Randomness (variational dropout, as in :class:`implicit.haiku.DEQ`): every call
     fixes one key per RNG stream of the block for the whole solve, so dropout draws
@@ -116,37 +107,35 @@ class DEQ(nnx.Module):
     next key, so the block's streams advance by exactly one per call (not one per
     iteration).
 
-    It works under ``nnx.jit`` and ``nnx.grad`` and with ``nnx.Optimizer``
-    (``wrt=nnx.Param``: the statistics are not parameters). For a batch, pass it whole
-    (``batch_axis=0`` solves each sample on its own and gives per-sample statistics); under
-    ``nnx.vmap`` the statistics are per sample, so map them as well:
-    ``in_axes=(nnx.StateAxes({DEQStats: 0, ...: None}), 0)``, on a layer whose statistics
-    are still ``None`` or batched alike.
+    It works under ``nnx.jit`` and ``nnx.grad`` and with ``nnx.Optimizer``. For a batch,
+    pass it whole (``batch_axis=0`` solves each sample on its own and gives per-sample
+    statistics), or map the layer with ``nnx.vmap`` (statistics then come per sample).
     """
 
     def __init__(
-        self,
-        block: nnx.Module,
-        *,
-        solver: Union[str, Solver] = "broyden",
-        backward: Union[str, Mode] = "implicit",
-        rngs: Union[nnx.Rngs, nnx.RngStream, None] = None,
-        **solver_options: Any,
+        self, block: nnx.Module, *, solver: Union[str, Solver] = "broyden",
+        backward: Union[str, Mode] = "implicit", return_stats: bool = False,
+        jacobian_penalty: Optional[JacobianPenalty] = None,
+        transform_params: Optional[ParamsMap] = None,
+        rngs: Union[nnx.Rngs, nnx.RngStream, None] = None, **solver_options: Any,
     ) -> None:
         self.block = block
-        self.solver = solvers.get(solver, **solver_options)
-        self.backward = as_mode(backward)
+        self.settings = DEQSettings.build(
+            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options)
         self.rngs = nnx.data(_dropout_stream(rngs))
-        self.stats = DEQStats(None)
+        if jacobian_penalty is not None and self.rngs is None:
+            raise ValueError("implicit.flax.DEQ with a jacobian_penalty needs rngs for its probes")
 
-    def __call__(self, x: PyTree, z0: Optional[PyTree] = None) -> PyTree:
+    solver = property(lambda self: self.settings.solver, doc="The forward solver.")
+    backward = property(lambda self: self.settings.backward, doc="The gradient mode.")
+
+    def __call__(self, x: PyTree, z0: Optional[PyTree] = None) -> Any:
         """Solve ``z* = block(z*, x)`` from ``z0`` (default: zeros shaped like ``x``)."""
         if z0 is None:
             z0 = jax.tree_util.tree_map(jnp.zeros_like, x)
         f, params = as_fixed_point(self._block_for_one_solve())
-        solution = fixed_point(f, z0, params, x, solver=self.solver, backward=self.backward)
-        self.stats.set_value(solution.stats)
-        return solution.value
+        key = self.rngs() if self.settings.jacobian_penalty is not None else None
+        return self.settings.solve(f, z0, params, x, key=key)[1]
 
     def _block_for_one_solve(self) -> nnx.Module:
         """A copy of the block (sharing its arrays) whose RNG streams each hold one key

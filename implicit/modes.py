@@ -2,7 +2,7 @@
 
 A mode is a small frozen value, chosen where the layer is built and passed once:
 
-    fixed_point(f, z0, *args, backward=Implicit("gmres", tol=1e-8))
+    fixed_point(f, z0, *args, backward=Implicit(GMRES(tol=1e-8)))
     fixed_point(f, z0, *args, backward=Phantom(steps=8, damping=0.6))
     fixed_point(f, z0, *args, backward="jfb")            # a string means the mode's defaults
 
@@ -19,7 +19,7 @@ that carry no gradient; they differ in the derivative attached to the value. Wit
   solve into the adjoint fixed point ``u = Jᵀ u + ḡ``, pulled back through the same
   linearisation) and any composition of them (``jacfwd``, ``hessian``, ``vmap``). The
   forward solve is not differentiated, so memory does not grow with the number of
-  forward iterations; what f closes over is differentiated like ``args``.
+  forward iterations.
 * :class:`Phantom` — the unrolled phantom gradient (Geng et al. 2021): the
   derivative of ``k`` damped steps ``z ← (1 − λ) z + λ f(z, *args)`` from
   ``stop_gradient(z*)``.
@@ -28,7 +28,11 @@ that carry no gradient; they differ in the derivative attached to the value. Wit
 * :class:`Unroll` — differentiate through the solver's iterations (run as a
   fixed-length ``lax.scan``): memory grows with ``max_iter``; a reference.
 
-In every mode but ``Unroll`` the derivative with respect to ``z0`` is exactly zero.
+In every mode but ``Unroll`` the derivative with respect to ``z0`` is exactly zero, and
+what ``f`` closes over (parameters of an outer transformation) is differentiated exactly
+like ``args``: ``Implicit``, ``Phantom`` and ``JFB`` first turn those values into explicit
+arguments (:func:`jax.closure_convert`), so the forward solve carries no derivative of
+them either, and the derivative comes only from the mode's own rule.
 """
 
 from __future__ import annotations
@@ -36,19 +40,25 @@ from __future__ import annotations
 import abc
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, Optional, Union
+from typing import Callable, ClassVar, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from implicit.linear import backward_solver, make_linear_solve
-from implicit.reporting import ForwardSolveWarning, Monitor, report_convergence
-from solvers import Solver
+import solvers
+from implicit.convergence import ForwardSolveWarning, Monitor, report_convergence
+from implicit.linear import KRYLOV_SOLVERS, Krylov, available, make_linear_solve
+from solvers import Method, Solver, WarmStartable
+from solvers.options import Options, at_least, between, option
 from solvers.types import PyTree, Solution, Stats
 
+BackwardSolver = Union[Solver, Method, Krylov, str, None]
+"""What :class:`Implicit` accepts as its backward solver (see there)."""
 
-class Mode(abc.ABC):
+
+class Mode(Options, abc.ABC):
     """A gradient mode: attaches a derivative to a forward solve (see the module docstring)."""
 
     name: ClassVar[str]
@@ -61,31 +71,44 @@ class Mode(abc.ABC):
     def attach(
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, forward: Solver
     ) -> Solution:
-        """Solve ``z* = f(z*, *args)`` with ``forward``; return ``z*`` carrying this mode's
-        derivative with respect to ``args`` (and to what ``f`` closes over)."""
+        """Solve ``z* = f(z*, *args)`` with ``forward`` (already checked by the caller);
+        return ``z*`` carrying this mode's derivative with respect to ``args`` (and to what
+        ``f`` closes over)."""
 
 
 def _no_gradient(stats: Stats) -> Stats:
     return jax.tree_util.tree_map(lax.stop_gradient, stats)
 
 
-def _as_float(tree: PyTree) -> PyTree:
-    """Integer and boolean leaves as float32 (exact for counts below 2²⁴): a custom rule's
-    outputs need floating tangents."""
+def _zero_tangents(tree: PyTree) -> PyTree:
+    """Zero tangents for the outputs ``tree`` of a custom rule (``float0`` for integer and
+    boolean leaves, as JAX wants them)."""
     return jax.tree_util.tree_map(
-        lambda a: a if jnp.issubdtype(a.dtype, jnp.inexact) else a.astype(jnp.float32), tree
+        lambda a: jnp.zeros_like(a) if jnp.issubdtype(a.dtype, jnp.inexact)
+        else np.zeros(np.shape(a), jax.dtypes.float0), tree,
     )
 
 
-def _restore(tree: PyTree, like: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), tree, like)
+def _closure_converted(
+    f: Callable[..., PyTree], z0: PyTree, args: tuple
+) -> tuple[Callable[[PyTree, tuple], PyTree], tuple]:
+    """``(f_theta, theta)`` with ``f_theta(z, theta) = f(z, *args)`` where ``theta = (args,
+    consts)`` holds the arguments and the values ``f`` closes over that may carry a
+    derivative (traced values of an outer transformation)."""
+    f_closed, consts = jax.closure_convert(lambda z, *a: f(z, *a), z0, *args)
+
+    def f_theta(z: PyTree, theta: tuple) -> PyTree:
+        return f_closed(z, *theta[0], *theta[1])
+
+    return f_theta, (tuple(args), tuple(consts))
 
 
 def _report_forward(stats: Stats, forward: Solver) -> None:
-    residual = stats.abs_residual if forward.options["stop_mode"] == "abs" else stats.rel_residual
+    stopping = forward.stopping
+    residual = stats.abs_residual if stopping.stop_mode == "abs" else stats.rel_residual
     report_convergence(
         ForwardSolveWarning, f"the forward solve with {forward.name!r}", stats.converged,
-        residual, float(forward.options["tol"]),
+        residual, stopping.tol,
     )
 
 
@@ -113,100 +136,105 @@ def _tree_sub(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+def _backward_value(name: str) -> Union[Method, Krylov]:
+    """The value a backward-solver shorthand stands for: a Krylov solver at its defaults,
+    or a registry solver's method at its defaults."""
+    if name in KRYLOV_SOLVERS:
+        return KRYLOV_SOLVERS[name]()
+    if name in solvers.available():
+        return solvers.get(name).method
+    raise ValueError(
+        f"unknown backward solver {name!r}; valid backward solvers: {', '.join(available())}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Implicit(Mode):
     """The implicit function theorem; ``solver`` solves the tangent and adjoint equations.
 
     Args:
-      solver: the backward solver: ``None`` (default: the forward solver's kind), a
-        registry name, a :class:`solvers.Solver` value, or a Krylov solver
-        (``"gmres"``, ``"bicgstab"``, ``"normal_cg"``; see :mod:`implicit.linear`).
+      solver: the backward solver, a value (a string is a shorthand for one, at its
+        defaults). It inherits from the forward solver what it does not say itself,
+        resolved once per solve with ``dataclasses.replace``:
+
+        * ``None`` (default): the forward solver itself (its method, stopping rule and
+          batch axis);
+        * a :class:`solvers.Method` (``solvers.Anderson(history=4)``) or a registry name
+          (``"anderson"``): the forward solver with that method, so with the forward
+          stopping rule and batch axis;
+        * a :class:`solvers.Solver`: used as given, with its own stopping rule;
+        * a :class:`~implicit.linear.Krylov` solver (``GMRES(restart=30)``, ``BiCGStab()``,
+          ``NormalCG()``, or ``"gmres"``, ``"bicgstab"``, ``"normal_cg"``): its ``tol``
+          defaults to the forward solver's.
       reuse_inverse: start the backward solve from what the forward solve learned about
         ``(J − I)⁻¹`` (SHINE, Ramzi et al. 2022): a Broyden forward solve ends with a
         low-rank estimate ``−I + Σ uᵢvᵢᴴ`` of it, and a Broyden backward solve of the
         adjoint starts from its transpose (of the tangent equation, from it), so its first
         step is already a quasi-Newton step. ``None`` (default): whenever the forward and
-        backward solvers can (both Broyden); ``True``: insist (``ValueError`` at the first
-        call if they cannot); ``False``: never. The derivative is the same either way, to
-        the backward tolerance; only the number of backward iterations changes.
+        backward methods can (:class:`solvers.WarmStartable`); ``True``: insist
+        (``ValueError`` at the first call if they cannot); ``False``: never. The
+        derivative is the same either way, to the backward tolerance; only the number of
+        backward iterations changes.
       monitor: a function that receives an :class:`implicit.SolveReport` (iterations,
         convergence and residual per system) of every backward solve, at run time and
         under ``jit`` too; for training metrics and tests.
-      **options: options of the backward solver. A registry backward solver given by
-        name (or ``None``) inherits ``max_iter``, ``tol``, ``stop_mode`` and
-        ``batch_axis`` from the forward solver unless given here; a Krylov one inherits
-        ``tol``. A :class:`solvers.Solver` value keeps its own options.
 
-    Unknown solver names and options fail here, when the value is built. Differentiating
-    at a forward solve that did not converge emits :class:`implicit.ForwardSolveWarning`;
-    a backward solve that does not converge, :class:`implicit.BackwardSolveWarning`.
+    Differentiating at a forward solve that did not converge emits
+    :class:`implicit.ForwardSolveWarning`; a backward solve that does not converge,
+    :class:`implicit.BackwardSolveWarning`.
     """
 
     name: ClassVar[str] = "implicit"
-    solver: Union[str, Solver, None]
-    reuse_inverse: Optional[bool]
-    monitor: Optional[Monitor]
-    options: Mapping[str, Any]
+    solver: BackwardSolver = option(None, None, "the backward solver (see the class docstring)")
+    reuse_inverse: Optional[bool] = option(
+        None, None, "start a Broyden adjoint from the forward solve's inverse estimate (SHINE)",
+        kw_only=True,
+    )
+    monitor: Optional[Monitor] = option(
+        None, None, "receives a SolveReport of every backward solve", kw_only=True
+    )
 
-    def __init__(
-        self,
-        solver: Union[str, Solver, None] = None,
-        *,
-        reuse_inverse: Optional[bool] = None,
-        monitor: Optional[Monitor] = None,
-        **options: Any,
-    ) -> None:
-        if reuse_inverse not in (None, True, False):
-            raise ValueError(f"reuse_inverse must be None, True or False, got {reuse_inverse!r}")
-        if monitor is not None and not callable(monitor):
-            raise TypeError(f"monitor must be callable, got {monitor!r}")
-        object.__setattr__(self, "solver", solver)
-        object.__setattr__(self, "reuse_inverse", reuse_inverse)
-        object.__setattr__(self, "monitor", monitor)
-        object.__setattr__(self, "options", MappingProxyType(dict(options)))
-        backward_solver(solver, self.options, None)  # check names and options now
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.solver, str):
+            object.__setattr__(self, "solver", _backward_value(self.solver))
 
-    def __hash__(self) -> int:
-        return hash((self.name, self.solver, self.reuse_inverse, self.monitor,
-                     tuple(sorted(self.options.items()))))
+    def backward_for(self, forward: Solver) -> Union[Solver, Krylov]:
+        """The backward solver of a solve by ``forward`` (see the class docstring)."""
+        chosen = self.solver
+        if chosen is None:
+            return forward
+        if isinstance(chosen, Method):
+            return dataclasses.replace(forward, method=chosen)
+        if isinstance(chosen, Krylov):
+            return chosen.with_tol(forward.stopping.tol)
+        return chosen
 
-    def __repr__(self) -> str:
-        options = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        reuse = "" if self.reuse_inverse is None else f", reuse_inverse={self.reuse_inverse}"
-        monitor = "" if self.monitor is None else f", monitor={self.monitor!r}"
-        return f"Implicit({self.solver!r}{reuse}{monitor}{options})"
-
-    def _reuses(self, forward: Solver, backward: Any) -> bool:
+    def _reuses(self, forward: Solver, backward: Union[Solver, Krylov]) -> bool:
         """Whether the backward solve starts from the forward solve's final state."""
         able = (
-            isinstance(backward, Solver) and backward.make_rule is forward.make_rule
-            and backward.rule.warm is not None and backward.rule.transpose is not None
+            isinstance(backward, Solver) and isinstance(backward.method, WarmStartable)
+            and backward.method.can_warm_from(forward.method)
         )
         if self.reuse_inverse and not able:
             raise ValueError(
                 f"Implicit(reuse_inverse=True) needs a forward and a backward solver of one "
                 f"kind that can share its inverse-Jacobian estimate (broyden); got forward "
-                f"{forward.name!r} and backward {getattr(backward, 'name', backward)!r}"
+                f"{forward.name!r} and backward {backward.name!r}"
             )
         return able and self.reuse_inverse is not False
 
     def attach(
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, forward: Solver
     ) -> Solution:
-        backward = backward_solver(self.solver, self.options, forward)
+        backward = self.backward_for(forward)
         reuse = self._reuses(forward, backward)
-        # θ: the arguments and whatever f closes over that may carry a derivative.
-        f_closed, consts = jax.closure_convert(lambda z, *a: f(z, *a), z0, *args)
-
-        def f_theta(z: PyTree, theta: tuple) -> PyTree:
-            return f_closed(z, *theta[0], *theta[1])
+        f_theta, theta0 = _closure_converted(f, z0, args)
 
         @jax.custom_jvp
         def equilibrium(z_init: PyTree, theta: tuple) -> tuple:
             solution, state = forward.run(f_theta, z_init, (theta,))
-            return solution.value, _as_float(solution.stats), _as_float(state)
-
-        shapes = jax.eval_shape(lambda z, t: forward.run(f_theta, z, (t,)), z0, (args, consts))
+            return solution.value, solution.stats, state
 
         @equilibrium.defjvp
         def equilibrium_jvp(primals: tuple, tangents: tuple) -> tuple:
@@ -214,7 +242,7 @@ class Implicit(Mode):
             _, theta_dot = tangents  # the derivative with respect to z0 is exactly zero
             outputs = equilibrium(z_init, theta)
             value, stats, state = outputs
-            _report_forward(_restore(stats, shapes[0].stats), forward)
+            _report_forward(stats, forward)
             # One linearisation of f at (z*, θ) serves both J·t and ∂f/∂θ·θ̇.
             _, f_lin = jax.linearize(f_theta, value, theta)
             no_theta = jax.tree_util.tree_map(jnp.zeros_like, theta_dot)
@@ -223,51 +251,42 @@ class Implicit(Mode):
             def matvec(t: PyTree) -> PyTree:  # (J − I) t
                 return _tree_sub(f_lin(t, no_theta), t)
 
-            prior = _restore(state, shapes[1]) if reuse else None
-            transposed = backward.rule.transpose(prior) if reuse else None
+            prior = state if reuse else None
+            transposed = backward.method.transpose(prior) if reuse else None
             t = lax.custom_linear_solve(
                 matvec, jax.tree_util.tree_map(jnp.negative, rhs),
                 solve=make_linear_solve(backward, prior, self.monitor),
                 transpose_solve=make_linear_solve(backward, transposed, self.monitor),
             )
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, (stats, state))
-            return outputs, (t, *zeros)
+            return outputs, (t, *_zero_tangents((stats, state)))
 
-        value, stats, _ = equilibrium(z0, (args, consts))
-        return Solution(value, _no_gradient(_restore(stats, shapes[0].stats)))
+        value, stats, _ = equilibrium(z0, theta0)
+        return Solution(value, _no_gradient(stats))
 
 
 @dataclasses.dataclass(frozen=True)
 class Phantom(Mode):
     """Differentiate ``steps`` damped steps ``z ← (1 − damping)·z + damping·f(z)`` from ``z*``.
 
-    ``steps`` is an integer ≥ 1 and ``damping`` a number in ``(0, 1]``; anything else
-    raises ``ValueError`` when the value is built.
+    The forward solve sees the arguments and what ``f`` closes over under
+    ``stop_gradient``; the derivative, with respect to both alike, is that of the
+    unrolled steps only (Geng et al. 2021, "On training implicit models").
     """
 
     name: ClassVar[str] = "phantom"
-    steps: int = 5
-    damping: float = 0.5
-
-    def __post_init__(self) -> None:
-        steps, damping = self.steps, self.damping
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"Phantom steps must be an integer >= 1, got {steps!r}")
-        if (
-            not isinstance(damping, (int, float)) or isinstance(damping, bool)
-            or not 0 < damping <= 1
-        ):
-            raise ValueError(f"Phantom damping must be a number in (0, 1], got {damping!r}")
+    steps: int = option(5, at_least(1), "damped steps unrolled from z*")
+    damping: float = option(0.5, between(0, 1, low_open=True), "λ of z ← (1 − λ) z + λ f(z)")
 
     def attach(
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, forward: Solver
     ) -> Solution:
-        solution = forward(f, z0, *lax.stop_gradient(args))
+        f_theta, theta = _closure_converted(f, z0, args)
+        solution, _ = forward.run(f_theta, z0, (lax.stop_gradient(theta),))
         z_star = lax.stop_gradient(solution.value)
-        damping = float(self.damping)
+        damping = self.damping
 
         def step(z: PyTree, _: None) -> tuple[PyTree, None]:
-            fz = f(z, *args)
+            fz = f_theta(z, theta)
             if damping == 1.0:
                 return fz, None
             return jax.tree_util.tree_map(lambda a, b: (1 - damping) * a + damping * b, z, fz), None
@@ -283,7 +302,8 @@ class Phantom(Mode):
 
 @dataclasses.dataclass(frozen=True)
 class JFB(Phantom):
-    """Jacobian-free backprop: one undamped step from ``z*`` (``J`` taken as 0)."""
+    """Jacobian-free backprop: one undamped step from ``z*`` (``J`` taken as 0; Fung et
+    al. 2022, "JFB: Jacobian-free backpropagation for implicit networks")."""
 
     name: ClassVar[str] = "jfb"
     steps: int = dataclasses.field(default=1, init=False)
@@ -306,7 +326,7 @@ class Unroll(Mode):
     def attach(
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, forward: Solver
     ) -> Solution:
-        solution = forward(f, z0, *args)
+        solution, _ = forward.run(f, z0, args)
         return Solution(solution.value, _no_gradient(solution.stats))
 
 

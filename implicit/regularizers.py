@@ -25,6 +25,7 @@ from jax import lax
 
 import solvers
 from solvers import Solver, pytree
+from solvers.options import Options, at_least, option
 from solvers.types import PyTree
 
 
@@ -52,25 +53,24 @@ def jacobian_frobenius_sq(
 
 
 @dataclasses.dataclass(frozen=True)
-class JacobianPenalty:
-    """``‖∂f/∂z(z*)‖_F² / numel(z*)`` by Hutchinson's estimator, the Jacobian regulariser
-    of Bai et al. (2021) in their per-element scale.
+class JacobianPenalty(Options):
+    """``‖(∂f/∂z(z*))ᵏ‖_F² / numel(z*)`` by Hutchinson's estimator: with ``power = k = 1`` the
+    Jacobian regulariser of Bai et al. (2021) in their per-element scale.
 
-    ``num_probes`` Gaussian probes; with ``batch = k > 0`` it is estimated on the first
-    ``k`` samples, i.e. axis 0 of every leaf of ``z*`` and of every argument (close over
-    what is not batched, such as parameters): when ``f`` acts on each sample separately
-    this is the same expectation, and its second-order backward pass holds ``k``
-    samples' activations instead of the whole batch's.
+    ``num_probes`` Gaussian probes ``ε``, each giving ``‖εᵀJᵏ‖²`` from ``k`` VJPs. A power
+    ``k > 1`` penalises how much ``k`` iterations amplify a perturbation rather than one:
+    since ``ρ(J)ᵏ ≤ ‖Jᵏ‖₂ ≤ ‖Jᵏ‖_F`` it still bounds the contraction the solvers need, but a
+    chain of dependences shorter than ``k`` (``J`` nilpotent on it, as when one attention
+    head reads what another wrote) costs nothing. With ``batch = m > 0`` it is estimated on
+    the first ``m`` samples, i.e. axis 0 of every leaf of ``z*`` and of every argument (close
+    over what is not batched, such as parameters): when ``f`` acts on each sample separately
+    this is the same expectation, and its second-order backward pass holds ``m`` samples'
+    activations instead of the whole batch's.
     """
 
-    num_probes: int = 1
-    batch: int = 0
-
-    def __post_init__(self) -> None:
-        for name, low in (("num_probes", 1), ("batch", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"JacobianPenalty {name} must be an integer >= {low}, got {value!r}")
+    num_probes: int = option(1, at_least(1), "Gaussian probes of Hutchinson's estimator")
+    batch: int = option(0, at_least(0), "estimate on the first this many samples (0: all)")
+    power: int = option(1, at_least(1), "k: penalise the k-step Jacobian Jᵏ")
 
     def __call__(
         self, f: Callable[..., PyTree], z: PyTree, *args: PyTree, key: jax.Array
@@ -80,7 +80,18 @@ class JacobianPenalty:
         if self.batch:
             z, args = jax.tree_util.tree_map(lambda a: a[: self.batch], (z, args))
         size = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(z))
-        estimate = jacobian_frobenius_sq(f, z, *args, key=key, num_samples=self.num_probes)
+        if self.power == 1:
+            estimate = jacobian_frobenius_sq(f, z, *args, key=key, num_samples=self.num_probes)
+        else:
+            _, vjp = jax.vjp(lambda state: f(state, *args), z)
+
+            def amplified(probe: PyTree) -> jax.Array:
+                for _ in range(self.power):
+                    probe = vjp(probe)[0]
+                return pytree.sum_squares(probe)
+
+            probes = pytree.gaussian_like(key, z, self.num_probes)
+            estimate = jnp.mean(jax.vmap(amplified)(probes))
         return estimate / size
 
 
@@ -129,16 +140,15 @@ def solver_trajectory(
 ) -> PyTree:
     """``num_states`` states along a solve of ``z = f(z, *args)``, stacked on a leading axis.
 
-    State ``k`` is the solver's answer after ``steps_per_state`` more iterations
-    from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
+    State ``k`` is the solver's answer after ``steps_per_state`` more iterations (its
+    ``max_iter``, whatever the solver's own) from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
     the states repeat the converged one. Each segment is a fresh solve, so a
     solver with memory (Broyden, Anderson) restarts it per segment. The states
     carry no gradient.
     """
-    options = dict(solver_options or {})
-    if "max_iter" in options:
-        raise TypeError("solver_trajectory sets max_iter to steps_per_state; do not pass it")
-    solve = solvers.get(solver, **options, max_iter=steps_per_state)
+    solve = solvers.get(solver, **dict(solver_options or {}))
+    solve = dataclasses.replace(
+        solve, stopping=dataclasses.replace(solve.stopping, max_iter=steps_per_state))
     fixed_args = lax.stop_gradient(args)
 
     def segment(z: PyTree, _: None) -> tuple[PyTree, PyTree]:

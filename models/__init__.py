@@ -14,7 +14,7 @@ Modules, one idea each:
 - :mod:`models.rundir`: the run directory's lock, atomic writes and stale-file cleanup;
 - :mod:`models.peers`: a multi-process run that loses a process stops, naming it;
 - :mod:`models.sample`: text generation;
-- :mod:`models.solve_reports`: the solves' convergence, counted for the metrics and the
+- :mod:`models.solve_metrics`: the solves' convergence, counted for the metrics and the
   progress bar;
 - :mod:`models.xla_setup`: the memory-minimising XLA schedule of the command-line programs;
 - :mod:`models.config` and :mod:`models.train`: ``python -m models.train``.

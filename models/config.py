@@ -1,9 +1,14 @@
 """The training configuration: one frozen dataclass, its command-line flags, and resume checks.
 
 Every field of :class:`TrainConfig` is a flag of ``python -m models.train`` (``d_model`` is
-``--d-model``); its help text is the field's ``help`` metadata and ``--help`` prints its
-default. The defaults are the project's main job: a DEQ Transformer on the CPython
-documentation that learns visibly in about five minutes on two CPU cores.
+``--d-model``), declared with :func:`solvers.options.option`: its help text is the field's
+``doc`` and ``--help`` prints its default; :func:`validate_config` checks every field by
+its declared rule, with the toolkit's one validator (:func:`solvers.options.validate`).
+The solver flags are read off the fields of :class:`solvers.Stopping` and
+:class:`implicit.Phantom` (their rules and help, with training defaults); a method's own
+options, which depend on the method chosen, go through ``--solver-options`` and
+``--backward-solver-options`` as ``KEY=VALUE`` lists. The defaults are the project's main
+job: a DEQ Transformer language model on the CPython documentation.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from implicit import BACKWARD_MODES
-from models.transformer import BlockConfig
+from implicit import BACKWARD_MODES, Phantom
+from models.transformer import BLOCK_FORMS, INITIAL_STATES, BlockConfig
+from solvers import Stopping
+from solvers.options import Check, OptionError, above, at_least, between, one_of, option, validate
 
 __all__ = [
     "MODELS",
@@ -32,16 +38,27 @@ __all__ = [
     "validate_config",
 ]
 
-MODELS: tuple[str, ...] = ("deq", "explicit", "untied")
-"""``deq``: the DEQ Transformer; ``explicit``: the weight-tied stack of ``depth`` blocks
-(the DEQ's unrolled twin); ``untied``: the same stack with separate weights per layer."""
+MODELS: tuple[str, ...] = ("deq", "transformer", "unrolled")
+"""``deq``: the DEQ Transformer; ``transformer``: the standard pre-LN Transformer of ``depth``
+layers (the model a user would pick instead); ``unrolled``: the DEQ's block applied ``depth``
+times with one set of weights (the DEQ's unrolled twin)."""
 
 BACKWARDS: tuple[str, ...] = BACKWARD_MODES
 """Backward modes of ``implicit.haiku.DEQ`` (the library's own names)."""
 
 
-def _flag(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kwargs})
+def _flag(default: Any, help: str, check: Check | None = None, **kwargs: Any) -> Any:
+    """A flag: its default, help, rule (``choices`` become one) and argparse extras."""
+    if "choices" in kwargs:
+        check = one_of(*kwargs.pop("choices"))
+    return option(default, check, help, **kwargs)
+
+
+def _from(owner: type, name: str, default: Any, what: str = "") -> Any:
+    """The flag of the option ``name`` of ``owner`` (:class:`solvers.Stopping`,
+    :class:`implicit.Phantom`) with a training default: its rule and help are the field's."""
+    declared = owner.__dataclass_fields__[name].metadata
+    return _flag(default, what + declared["doc"], declared["check"])
 
 
 @dataclass(frozen=True)
@@ -51,70 +68,79 @@ class TrainConfig:
     # data
     data: str = _flag(
         "pydoc",
-        "corpus: 'pydoc' (CPython's documentation topics, ~0.46 MB), 'stdlib' (the standard "
+        "corpus: 'pydoc' (CPython's documentation topics), 'stdlib' (the standard "
         "library's source), 'tfds:<name>' (a locally prepared TFDS text dataset), or a path to "
         "a UTF-8 text file or folder of text files",
     )
     max_bytes: int = _flag(
-        0, "keep at most this many bytes of the corpus (0: the source's default)"
+        0, "keep at most this many bytes of the corpus (0: the source's default)", at_least(0)
     )
-    valid_fraction: float = _flag(0.05, "share of the corpus (its end) held out for validation")
+    valid_fraction: float = _flag(0.05, "share of the corpus (its end) held out for validation",
+                                  between(0, 1, low_open=True, high_open=True))
     # model
     model: str = _flag("deq", "which model", choices=MODELS)
-    d_model: int = _flag(96, "width of the residual stream")
-    num_heads: int = _flag(4, "attention heads (must divide --d-model)")
-    block_layers: int = _flag(1, "attention+MLP layers inside the weight-tied block f")
-    mlp_ratio: int = _flag(4, "MLP hidden width as a multiple of --d-model")
-    dropout: float = _flag(0.0, "variational dropout rate inside the block (one mask per solve)")
-    depth: int = _flag(8, "layers of the explicit stacks (--model explicit / untied)")
-    init_std: float = _flag(0.02, "std of the truncated-normal weight initialisation")
-    embed_std: float = _flag(1.0, "std of the token and position embeddings at initialisation")
+    d_model: int = _flag(96, "width of the residual stream", at_least(1))
+    num_heads: int = _flag(4, "attention heads (must divide --d-model)", at_least(1))
+    block_layers: int = _flag(1, "attention+MLP layers inside the weight-tied block f", at_least(1))
+    mlp_ratio: int = _flag(4, "MLP hidden width as a multiple of --d-model", at_least(1))
+    dropout: float = _flag(0.0, "variational dropout rate inside the block (one mask per solve)",
+                           between(0, 1, high_open=True))
+    depth: int = _flag(
+        2, "layers of the explicit models: the standard Transformer (--model transformer) or "
+        "the DEQ's unrolled twin (--model unrolled)", at_least(1),
+    )
+    block: str = _flag(
+        "injection", "equations of the DEQ's block f(z, x) (models.transformer.DEQBlock)",
+        choices=BLOCK_FORMS,
+    )
+    initial_state: str = _flag(
+        "zeros", "DEQ and unrolled twin: start from z = 0 ('zeros') or z = x ('input')",
+        choices=INITIAL_STATES,
+    )
+    init_std: float = _flag(0.02, "std of the truncated-normal weight initialisation", above(0))
+    embed_std: float = _flag(1.0, "std of the token and position embeddings at initialisation",
+                             above(0))
     out_init_scale: float = _flag(
-        1.0, "extra factor on the init std of the projections that write into the state"
+        1.0, "extra factor on the init std of the projections that write into the state", above(0)
     )
     spectral_norm: float = _flag(
         0.0, "bound on the spectral norm of every matrix of the block (0: off); a bound keeps "
-        "f contractive and the solves short"
+        "f contractive and the solves short", at_least(0)
     )
     qk_norm: bool = _flag(
         False, "RMS-normalise queries and keys, which bounds the attention logits (and how "
         "sharply f can react to z)"
     )
-    # DEQ solver
-    solver: str = _flag(
-        "anderson", "forward fixed-point solver, by registry name (with 'broyden' the default "
-        "run's training loss jumps from 5 to 11 bits per byte near step 25; with Anderson "
-        "acceleration it does not)"
+    # DEQ solver: the flags of solvers.Stopping and implicit.Phantom fields, and the method's
+    # own options as KEY=VALUE lists (solvers.declared(NAME) lists them)
+    solver: str = _flag("anderson", "forward fixed-point method, by registry name")
+    solver_options: str = _flag(
+        "history=4", "the forward method's own options, KEY=VALUE[,KEY=VALUE...] ('': its "
+        "defaults); an option of this default that the method lacks is left out"
     )
-    max_iter: int = _flag(16, "forward solver iteration limit")
-    tol: float = _flag(1e-3, "forward solver tolerance on the stop-mode residual")
-    stop_mode: str = _flag(
-        "rel", "solver residual: 'abs' ‖f(z)−z‖ or 'rel' ‖f(z)−z‖/‖f(z)‖", choices=("abs", "rel")
-    )
+    max_iter: int = _from(Stopping, "max_iter", 16, "forward solver: ")
+    tol: float = _from(Stopping, "tol", 1e-3, "forward solver: ")
+    stop_mode: str = _from(Stopping, "stop_mode", "rel", "forward and adjoint solvers: ")
     per_sample: bool = _flag(
         True, "solve each sequence as its own system (batch_axis=0) instead of one joint system"
-    )
-    history: int = _flag(
-        4, "forward solver history: Anderson's difference columns or Broyden's rank-one "
-        "terms (memory grows with it)"
     )
     backward: str = _flag("implicit", "how to differentiate the fixed point", choices=BACKWARDS)
     backward_solver: str = _flag(
         "anderson", "solver of the adjoint equation (--backward implicit): a registry name or "
         "a Krylov solver (gmres, bicgstab, normal_cg)"
     )
-    backward_max_iter: int = _flag(24, "adjoint solver iteration limit")
-    backward_tol: float = _flag(1e-3, "adjoint solver tolerance (on the stop-mode residual)")
-    backward_history: int = _flag(
-        4, "adjoint solver history (a Broyden adjoint that reuses the forward's terms keeps "
-        "this many of its own after them)"
+    backward_solver_options: str = _flag(
+        "history=4", "the adjoint solver's own options, KEY=VALUE[,KEY=VALUE...] ('': its "
+        "defaults); an option of this default that the solver lacks is left out"
     )
+    backward_max_iter: int = _from(Stopping, "max_iter", 24, "adjoint solver: ")
+    backward_tol: float = _from(Stopping, "tol", 1e-3, "adjoint solver: ")
     reuse_inverse: bool = _flag(
         True, "when both solvers are 'broyden', start the adjoint Broyden from the forward "
         "solve's inverse-Jacobian estimate (SHINE; Implicit(reuse_inverse=...))"
     )
-    phantom_steps: int = _flag(5, "damped unrolled steps of the phantom gradient")
-    phantom_damping: float = _flag(0.5, "damping λ of the phantom gradient")
+    phantom_steps: int = _from(Phantom, "steps", 5, "phantom gradient: ")
+    phantom_damping: float = _from(Phantom, "damping", 0.5, "phantom gradient: ")
     remat: bool = _flag(
         True, "DEQ: recompute the block's activations in the backward pass instead of storing them"
     )
@@ -122,42 +148,53 @@ class TrainConfig:
         5.0,
         "DEQ: weight of the Hutchinson Jacobian regulariser ‖∂f/∂z(z*)‖²_F / numel(z*), which "
         "keeps f contractive and the solves short (0: off; explicit stacks ignore it)",
+        at_least(0),
+    )
+    jac_power: int = _flag(
+        1, "DEQ: the Jacobian regulariser penalises ‖(∂f/∂z)ᵏ‖²_F with k = --jac-power (1: "
+        "Bai et al. 2021); k > 1 leaves dependence chains shorter than k free", at_least(1),
     )
     warmup_unrolled: int = _flag(
         0, "DEQ: train the first this many steps as the weight-tied stack of "
         "--warmup-depth blocks (the same parameters, f applied that many times from z = 0, "
-        "backpropagated through), before the equilibrium takes over (0: off)"
+        "backpropagated through), before the equilibrium takes over (0: off)", at_least(0)
     )
-    warmup_depth: int = _flag(4, "DEQ: blocks of the unrolled warm-up stack")
+    warmup_depth: int = _flag(4, "DEQ: blocks of the unrolled warm-up stack", at_least(1))
     jac_batch: int = _flag(
-        4, "sequences of each batch the Jacobian penalty is estimated on (0: all of them)"
+        4, "sequences of each batch the Jacobian penalty is estimated on (0: all of them)",
+        at_least(0),
     )
     # optimisation
     steps: int = _flag(
         900, "training steps in all (with --resume, a larger value extends the run and re-lays "
-        "the learning-rate schedule for the new total)"
+        "the learning-rate schedule for the new total)", at_least(1)
     )
-    batch_size: int = _flag(32, "global batch size (sequences per step, split across devices)")
-    seq_len: int = _flag(64, "bytes per training sequence")
-    lr: float = _flag(5e-3, "peak learning rate of AdamW")
-    warmup_steps: int = _flag(100, "linear warmup steps from 0 to --lr")
-    min_lr_ratio: float = _flag(0.1, "final learning rate of the cosine decay, as a share of --lr")
-    weight_decay: float = _flag(0.01, "AdamW decoupled weight decay (matrices only)")
-    clip_norm: float = _flag(1.0, "global-norm gradient clipping threshold")
-    seed: int = _flag(0, "seed of the initialisation, the data order and dropout")
+    batch_size: int = _flag(32, "global batch size (sequences per step, split across devices)",
+                            at_least(1))
+    seq_len: int = _flag(64, "bytes per training sequence", at_least(1))
+    lr: float = _flag(5e-3, "peak learning rate of AdamW", above(0))
+    warmup_steps: int = _flag(100, "linear warmup steps from 0 to --lr", at_least(0))
+    min_lr_ratio: float = _flag(0.1, "final learning rate of the cosine decay, as a share of --lr",
+                                between(0, 1))
+    weight_decay: float = _flag(0.01, "AdamW decoupled weight decay (matrices only)", at_least(0))
+    clip_norm: float = _flag(1.0, "global-norm gradient clipping threshold", above(0))
+    seed: int = _flag(0, "seed of the initialisation, the data order and dropout", at_least(0))
     # evaluation, logging, checkpoints
-    eval_every: int = _flag(100, "validate every this many steps (0: only at the end)")
-    eval_batches: int = _flag(4, "validation batches per periodic evaluation (0: all)")
+    eval_every: int = _flag(100, "validate every this many steps (0: only at the end)",
+                            at_least(0))
+    eval_batches: int = _flag(4, "validation batches per periodic evaluation (0: all)",
+                              at_least(0))
     eval_max_iter: int = _flag(
         0, "DEQ: forward solver iteration limit when validating (0: --max-iter); the "
-        "test-time depth knob"
+        "test-time depth knob", at_least(0)
     )
     audit_every: int = _flag(
         0, "DEQ: every this many steps, compare the step's gradient with a reference implicit "
-        "gradient solved to a tight tolerance, and log their cosine and relative error (0: off)"
+        "gradient solved to a tight tolerance, and log their cosine and relative error (0: off)",
+        at_least(0),
     )
     checkpoint_every: int = _flag(
-        200, "write a checkpoint every this many steps (0: only at the end)"
+        200, "write a checkpoint every this many steps (0: only at the end)", at_least(0)
     )
     run_dir: str = _flag("runs/deq_lm", "output folder: metrics, checkpoint, plot, sample")
     resume: bool = _flag(False, "continue from the checkpoint in --run-dir")
@@ -170,9 +207,10 @@ class TrainConfig:
         "checkpoint was trained on (the SHA-256 of the data is recorded in config.json and "
         "the checkpoint; without this flag a changed corpus is refused)"
     )
-    sample_len: int = _flag(200, "bytes of text sampled from the model at the end (0: none)")
+    sample_len: int = _flag(200, "bytes of text sampled from the model at the end (0: none)",
+                            at_least(0))
     sample_prompt: str = _flag("The ", "prompt of the final sample")
-    temperature: float = _flag(0.8, "sampling temperature of the final sample")
+    temperature: float = _flag(0.8, "sampling temperature of the final sample", at_least(0))
     progress: bool = _flag(True, "show a progress bar")
     # multi-host
     distributed: bool = _flag(
@@ -186,7 +224,7 @@ class TrainConfig:
     peer_timeout: int = _flag(
         60, "(--distributed) seconds after which a process that stopped answering counts as "
         "lost, and the others stop with an error instead of waiting for it (a killed "
-        "process is noticed at once)"
+        "process is noticed at once)", at_least(1)
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,7 +239,7 @@ class TrainConfig:
             d_model=self.d_model, num_heads=self.num_heads, block_layers=self.block_layers,
             mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout, init_std=self.init_std,
             out_init_scale=self.out_init_scale, spectral_norm=self.spectral_norm,
-            qk_norm=self.qk_norm,
+            qk_norm=self.qk_norm, form=self.block,
         )
 
     def compile_key(self) -> TrainConfig:
@@ -256,58 +294,23 @@ class ConfigError(ValueError):
     """A training setting is out of range or inconsistent with another."""
 
 
-_POSITIVE = (
-    "d_model", "num_heads", "block_layers", "mlp_ratio", "depth", "max_iter", "history",
-    "backward_max_iter", "backward_history", "phantom_steps", "steps", "batch_size", "seq_len",
-    "warmup_depth", "peer_timeout",
-)
-_NON_NEGATIVE = (
-    "max_bytes", "jac_batch", "warmup_steps", "warmup_unrolled", "eval_every", "eval_batches",
-    "eval_max_iter",
-    "audit_every", "checkpoint_every", "sample_len",
-    "seed",
-)
-
-
 def validate_config(config: TrainConfig) -> None:
-    """Raise :class:`ConfigError` naming the flag of the first invalid setting."""
+    """Raise :class:`ConfigError` naming the flag of the first invalid setting: each field
+    by its declared rule (:func:`solvers.options.validate`), then the rules between fields."""
 
-    def fail(name: str, message: str) -> None:
-        raise ConfigError(f"--{name.replace('_', '-')} {message}")
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
 
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            fail(f.name, f"must be a finite number, got {value}")
-    for name in _POSITIVE:
-        if getattr(config, name) < 1:
-            fail(name, f"must be at least 1, got {getattr(config, name)}")
-    for name in _NON_NEGATIVE:
-        if getattr(config, name) < 0:
-            fail(name, f"must be non-negative, got {getattr(config, name)}")
-    positive = ("tol", "backward_tol", "lr", "clip_norm", "init_std", "out_init_scale", "embed_std")
-    for name in positive:
-        if not getattr(config, name) > 0:
-            fail(name, f"must be positive, got {getattr(config, name)}")
+    try:
+        validate(config)
+    except OptionError as error:
+        raise ConfigError(f"{flag(error.option)} must be {error.rule}, got {error.value}") from None
     if config.d_model % config.num_heads:
-        fail("num_heads", f"must divide --d-model {config.d_model}, got {config.num_heads}")
-    if not 0.0 <= config.dropout < 1.0:
-        fail("dropout", f"must be in [0, 1), got {config.dropout}")
-    if not 0.0 < config.valid_fraction < 1.0:
-        fail("valid_fraction", f"must be in (0, 1), got {config.valid_fraction}")
-    if not 0.0 <= config.min_lr_ratio <= 1.0:
-        fail("min_lr_ratio", f"must be in [0, 1], got {config.min_lr_ratio}")
-    if not 0.0 < config.phantom_damping <= 1.0:
-        fail("phantom_damping", f"must be in (0, 1], got {config.phantom_damping}")
-    for name in ("weight_decay", "jac_reg", "temperature", "spectral_norm"):
-        if getattr(config, name) < 0:
-            fail(name, f"must be non-negative, got {getattr(config, name)}")
-    if config.model not in MODELS:
-        fail("model", f"must be one of {', '.join(MODELS)}, got {config.model!r}")
-    if config.backward not in BACKWARDS:
-        fail("backward", f"must be one of {', '.join(BACKWARDS)}, got {config.backward!r}")
+        raise ConfigError(f"--num-heads must divide --d-model {config.d_model}, got "
+                          f"{config.num_heads}")
     if config.resume and config.overwrite:
-        fail("overwrite", "contradicts --resume: continue the run in --run-dir, or replace it")
+        raise ConfigError("--overwrite contradicts --resume: continue the run in --run-dir, or "
+                          "replace it")
 
 
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
@@ -335,13 +338,15 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
-        help_text = meta.pop("help")
+        help_text, check = meta.pop("doc"), meta.pop("check")
         default = f.default if defaults else argparse.SUPPRESS
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
             continue
+        if check is not None and check.choices:
+            meta["choices"] = check.choices
         kind = {"int": int, "float": float, "str": str}[str(f.type)]
         parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
     return parser

@@ -10,7 +10,7 @@ in nats; its value in bits per byte is ``L / ln 2``.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import haiku as hk
 import jax
@@ -18,32 +18,41 @@ import jax.numpy as jnp
 import optax
 
 import solvers
-from implicit import KRYLOV_NAMES, Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
-from implicit.reporting import Monitor
-from models.config import TrainConfig
+from implicit import Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
+from implicit.convergence import Monitor
+from implicit.linear import KRYLOV_SOLVERS
+from models.config import MODELS, TrainConfig
 from models.data import VOCAB_SIZE
-from models.transformer import DEQTransformerLM, ExplicitTransformerLM, LMOutput
+from models.transformer import DEQTransformerLM, LMOutput, TransformerLM, UnrolledLM
 from solvers import Solver
+from solvers.options import declared, parse_assignments
 
 __all__ = ["deq_solver", "deq_backward", "make_model", "next_byte_loss", "LN2"]
 
 LN2: float = math.log(2.0)
 
 
-def _with_history(name: str, history: int, **options: object) -> solvers.Solver:
-    """``solvers.get(name, **options)``, plus ``history`` when that solver has the option."""
-    if "history" in solvers.declared(name):
-        options["history"] = history
-    return solvers.get(name, **options)
+def _options(given: str, default: str, known: Iterable[str]) -> dict[str, Any]:
+    """The ``KEY=VALUE`` list ``given`` as options; when it is the flag's ``default``, the
+    options that the chosen solver lacks (``known``: the ones it has) are left out, so one
+    default serves every solver."""
+    options = parse_assignments(given)
+    if given == default:
+        options = {key: value for key, value in options.items() if key in set(known)}
+    return options
+
+
+def _default(flag: str) -> str:
+    return TrainConfig.__dataclass_fields__[flag].default
 
 
 def deq_solver(config: TrainConfig) -> solvers.Solver:
-    """The forward solver of ``config``: ``max_iter``, ``tol``, ``stop_mode``, ``batch_axis``
-    (0 with ``per_sample``) and, when the solver has it, ``history``."""
-    return _with_history(
-        config.solver, config.history, max_iter=config.max_iter, tol=config.tol,
-        stop_mode=config.stop_mode, batch_axis=0 if config.per_sample else None,
-    )
+    """The forward solver of ``config``: its method with ``--solver-options``, and the
+    stopping flags (``batch_axis`` 0 with ``per_sample``)."""
+    options = _options(config.solver_options, _default("solver_options"),
+                       solvers.declared(config.solver))
+    return solvers.get(config.solver, **options, max_iter=config.max_iter, tol=config.tol,
+                       stop_mode=config.stop_mode, batch_axis=0 if config.per_sample else None)
 
 
 def unrolled_warmup(config: TrainConfig) -> tuple[Solver, Mode]:
@@ -56,19 +65,20 @@ def unrolled_warmup(config: TrainConfig) -> tuple[Solver, Mode]:
 
 
 def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode:
-    """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver by name with
-    its ``max_iter``, ``tol`` (and ``history``; ``stop_mode`` and ``batch_axis`` as the
-    forward solve), reporting each adjoint solve to ``monitor``; for ``"phantom"`` its
-    steps and damping, otherwise the mode's defaults."""
-    if config.backward == "implicit" and config.backward_solver in KRYLOV_NAMES:
-        return Implicit(config.backward_solver, max_iter=config.backward_max_iter,
-                        tol=config.backward_tol, monitor=monitor)
+    """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver, by name with
+    its ``--backward-solver-options``, ``max_iter`` and ``tol`` (``stop_mode`` and
+    ``batch_axis`` as the forward solve), reporting each adjoint solve to ``monitor``; for
+    ``"phantom"`` its steps and damping, otherwise the mode's defaults."""
+    name, default = config.backward_solver, _default("backward_solver_options")
+    stopping = dict(max_iter=config.backward_max_iter, tol=config.backward_tol)
+    if config.backward == "implicit" and name in KRYLOV_SOLVERS:
+        krylov = KRYLOV_SOLVERS[name]
+        options = _options(config.backward_solver_options, default, declared(krylov))
+        return Implicit(krylov(**{**options, **stopping}), monitor=monitor)
     if config.backward == "implicit":
-        adjoint = _with_history(
-            config.backward_solver, config.backward_history, max_iter=config.backward_max_iter,
-            tol=config.backward_tol, stop_mode=config.stop_mode,
-            batch_axis=0 if config.per_sample else None,
-        )
+        options = _options(config.backward_solver_options, default, solvers.declared(name))
+        adjoint = solvers.get(name, **options, **stopping, stop_mode=config.stop_mode,
+                              batch_axis=0 if config.per_sample else None)
         return Implicit(adjoint, reuse_inverse=None if config.reuse_inverse else False,
                         monitor=monitor)
     if config.backward == "phantom":
@@ -79,18 +89,19 @@ def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode
 def _build(config: TrainConfig, solver: Optional[Solver], backward: Optional[Mode]) -> hk.Module:
     common = dict(max_seq_len=config.seq_len, embed_std=config.embed_std, name="lm")
     if config.model == "deq":
-        penalty = JacobianPenalty(batch=config.jac_batch) if config.jac_reg > 0 else None
+        penalty = (JacobianPenalty(batch=config.jac_batch, power=config.jac_power)
+                   if config.jac_reg > 0 else None)
         return DEQTransformerLM(
             VOCAB_SIZE, config.block_config(), solver=solver or deq_solver(config),
             backward=backward or deq_backward(config), jacobian_penalty=penalty,
-            remat=config.remat, **common,
+            initial_state=config.initial_state, remat=config.remat, **common,
         )
-    if config.model in ("explicit", "untied"):
-        return ExplicitTransformerLM(
-            VOCAB_SIZE, config.block_config(), depth=config.depth,
-            tied=config.model == "explicit", **common,
-        )
-    raise ValueError(f"unknown model {config.model!r}; choose one of deq, explicit, untied")
+    if config.model == "unrolled":
+        return UnrolledLM(VOCAB_SIZE, config.block_config(), depth=config.depth,
+                          initial_state=config.initial_state, **common)
+    if config.model == "transformer":
+        return TransformerLM(VOCAB_SIZE, config.block_config(), depth=config.depth, **common)
+    raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
 
 
 def make_model(

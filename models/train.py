@@ -116,8 +116,8 @@ from models.sharding import (
     shard_batch,
     to_host,
 )
-from models.solve_reports import KINDS as SOLVE_KINDS
-from models.solve_reports import BackwardLog, SolveWarnings
+from models.solve_metrics import KINDS as SOLVE_KINDS
+from models.solve_metrics import BackwardLog, SolveWarnings
 from models.step import (
     STOPPED_METRICS,
     TrainState,

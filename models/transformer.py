@@ -1,34 +1,32 @@
-"""Byte-level Transformer language models: the DEQ Transformer and its explicit twins.
+"""Byte-level Transformer language models: the DEQ Transformer, its unrolled twin, and the
+standard Transformer it replaces.
 
-All three models share one weight-tied *input-injection block* ``f(z, x)``:
+Every model embeds the bytes as ``x = E[tokens] + P[positions]`` (token plus learned position
+embeddings) and reads out ``logits = W_out · LN(z) + b``. In between:
 
-    h⁰ = x + Attn(LN(z))                  (causal self-attention reads the state z)
-    hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹)), l < L      (further pre-LN layers when block_layers L > 1)
-    f  = (h + MLP(LN(h))) · m             (an MLP after every attention; m the padding mask)
+- :class:`DEQTransformerLM` returns the equilibrium ``z* = f(z*, x)`` of one weight-tied block
+  :class:`DEQBlock` (its equations, by ``BlockConfig.form``, are in its docstring; ``x`` is the
+  input injection), found by a named fixed-point solver from ``z⁰ = 0`` or ``z⁰ = x`` and
+  differentiated implicitly (``implicit.haiku.DEQ``);
+- :class:`UnrolledLM` applies the same block ``D`` times from the same ``z⁰``,
+  ``zᵏ⁺¹ = f(zᵏ, x)``, with one set of weights: the DEQ's unrolled twin, which reaches the
+  same ``z*`` as ``D → ∞``;
+- :class:`TransformerLM` is the standard pre-LN Transformer (:class:`TransformerLayer`): a
+  residual stream from ``z⁰ = x`` to which ``D`` layers, each with its own weights, add
+  ``Attn(LN z)`` and ``MLP(LN z)``. With ``D = 1`` it has the DEQ's parameters exactly.
 
-where ``x = E[tokens] + P[positions]`` is the input injection (token plus learned position
-embeddings), ``L = block_layers`` and ``m ∈ {0, 1}`` zeroes padded positions. The state enters
-only through ``LN(z)``, so ``f`` has bounded output and a fixed point exists; with the small
-output-projection initialisation used here ``f`` is a contraction in ``z`` at init.
-
-- :class:`DEQTransformerLM` returns the logits of the equilibrium ``z* = f(z*, x)``, found by a
-  named fixed-point solver and differentiated implicitly (``implicit.haiku.DEQ``):
-  ``logits = W_out · LN(z*) + b``.
-- :class:`ExplicitTransformerLM` stacks ``f`` ``depth`` times from ``z⁰ = 0``:
-  ``zᵏ⁺¹ = f(zᵏ, x)``; with ``tied=True`` every layer shares one set of weights (the unrolled
-  twin of the DEQ: as ``depth → ∞`` it converges to the same ``z*``), with ``tied=False`` each
-  layer has its own (an ordinary deep Transformer with input injection).
-
-Dropout is *variational*: one mask per forward pass, the same at every iteration or layer (one
-rng key per solve). Attention is causal (position ``t`` sees ``s ≤ t``) and ignores padded keys.
-Both models return :class:`LMOutput` with logits and per-sample solver statistics.
+All share the attention and MLP code (:class:`_Sublayers`) and the initialisation. Attention is
+causal (position ``t`` sees ``s ≤ t``) and ignores padded keys. Dropout in the DEQ and its
+twin is *variational*: one mask per forward pass, the same at every iteration or layer (one rng
+key per solve). Every model returns :class:`LMOutput` with logits and per-sample solver
+statistics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import chex
 import haiku as hk
@@ -41,11 +39,15 @@ from solvers import Reason, Solver, residuals
 
 __all__ = [
     "SOLVE_STAT_KEYS",
+    "BLOCK_FORMS",
+    "INITIAL_STATES",
     "BlockConfig",
-    "InjectionBlock",
+    "DEQBlock",
+    "TransformerLayer",
     "LMOutput",
     "DEQTransformerLM",
-    "ExplicitTransformerLM",
+    "UnrolledLM",
+    "TransformerLM",
     "causal_attention_mask",
     "twin_params",
 ]
@@ -60,12 +62,12 @@ _NEG_INF = -1e9  # finite "minus infinity" so a fully masked row gives a uniform
 
 
 def twin_params(deq_params: hk.Params) -> hk.Params:
-    """The parameters of the explicit weight-tied twin of a :class:`DEQTransformerLM`.
+    """The parameters of the unrolled weight-tied twin of a :class:`DEQTransformerLM`.
 
     The DEQ keeps its block under ``<name>/deq/block``, the tied stack under ``<name>/block``;
     with the same model ``name`` (and settings) every other parameter already matches, so
-    ``ExplicitTransformerLM(..., tied=True).apply(twin_params(p), ...)`` is the DEQ's unrolled
-    twin with the same weights.
+    ``UnrolledLM(...).apply(twin_params(p), ...)`` is the DEQ's unrolled twin with the same
+    weights.
     """
     return {key.replace("/deq/block", "/block"): value for key, value in deq_params.items()}
 
@@ -113,16 +115,24 @@ def _layer_norm(name: str) -> hk.LayerNorm:
     return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
 
 
+BLOCK_FORMS: tuple[str, ...] = ("injection", "postln", "normalized", "sum", "update")
+"""The forms of the weight-tied block ``f(z, x)`` (see :class:`DEQBlock`)."""
+
+INITIAL_STATES: tuple[str, ...] = ("zeros", "input")
+"""Where the DEQ's solve (and its unrolled twin) starts: ``z⁰ = 0`` or ``z⁰ = x``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:
-    """The settings of the input-injection block ``f(z, x)``, shared by every model.
+    """The settings of a Transformer layer: the DEQ's block ``f(z, x)`` and every layer of the
+    standard Transformer.
 
     Attributes:
       d_model: width of the residual stream.
       num_heads: attention heads (must divide ``d_model``).
-      block_layers: attention + MLP layers inside the block.
+      block_layers: attention + MLP layers inside the DEQ's block.
       mlp_ratio: MLP hidden width as a multiple of ``d_model``.
-      dropout_rate: variational dropout rate inside the block.
+      dropout_rate: dropout rate of the attention and MLP outputs (variational in the DEQ).
       init_std: std of the truncated-normal weight initialisation.
       out_init_scale: extra factor on the init std of the projections that write into
         the residual stream (attention output, MLP output).
@@ -130,6 +140,7 @@ class BlockConfig:
         (``implicit.haiku.spectral_norm``); 0 leaves them free.
       qk_norm: RMS-normalise every query and key per head, so the attention logits stay
         within ``±√d_head`` and the softmax cannot sharpen without bound.
+      form: the DEQ block's equations, one of :data:`BLOCK_FORMS` (see :class:`DEQBlock`).
     """
 
     d_model: int
@@ -141,6 +152,7 @@ class BlockConfig:
     out_init_scale: float = 1.0
     spectral_norm: float = 0.0
     qk_norm: bool = False
+    form: str = "injection"
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -151,15 +163,17 @@ class BlockConfig:
             raise ValueError(f"block_layers must be at least 1, got {self.block_layers}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.form not in BLOCK_FORMS:
+            raise ValueError(f"unknown block form {self.form!r}; choose one of "
+                             f"{', '.join(BLOCK_FORMS)}")
 
 
-class InjectionBlock(hk.Module):
-    """The input-injection block ``f(z, x)`` (see the module docstring for its equations).
+class _Sublayers(hk.Module):
+    """Causal self-attention and the MLP, the two sublayers every layer here is built of.
 
     Linear weights are drawn from a truncated normal with std ``config.init_std``; the
     projections that write into the residual stream (attention output, MLP output)
-    additionally get ``config.out_init_scale`` times that, which keeps ``‖∂f/∂z‖`` small at
-    initialisation.
+    additionally get ``config.out_init_scale`` times that.
     """
 
     def __init__(self, config: BlockConfig, name: str | None = None) -> None:
@@ -168,7 +182,8 @@ class InjectionBlock(hk.Module):
         self.out_std = config.init_std * config.out_init_scale
 
     @hk.experimental.name_like("__call__")
-    def _attention(self, h: jax.Array, allowed: jax.Array, layer: int) -> jax.Array:
+    def attention(self, h: jax.Array, allowed: jax.Array, layer: int) -> jax.Array:
+        """``Attn(h) = W_o · softmax(q kᵀ / √d_head + mask) v`` with ``q, k, v = W_qkv h``."""
         batch, seq, _ = h.shape
         c = self.config
         head = c.d_model // c.num_heads
@@ -183,10 +198,56 @@ class InjectionBlock(hk.Module):
         return _linear(c.d_model, self.out_std, f"attn_out_{layer}")(out)
 
     @hk.experimental.name_like("__call__")
-    def _mlp(self, h: jax.Array, layer: int) -> jax.Array:
+    def mlp(self, h: jax.Array, layer: int) -> jax.Array:
+        """``MLP(h) = W₂ · gelu(W₁ h + b₁) + b₂``."""
         c = self.config
         hidden = _linear(c.mlp_ratio * c.d_model, c.init_std, f"mlp_in_{layer}")(h)
         return _linear(c.d_model, self.out_std, f"mlp_out_{layer}")(jax.nn.gelu(hidden))
+
+
+def _dropout(rate: float, rng: jax.Array | None) -> Callable[[jax.Array, int], jax.Array]:
+    """``drop(value, index)``: dropout with the key ``fold_in(rng, index)`` (identity when
+    ``rng`` is None or the rate is 0), so one ``rng`` gives one fixed set of masks."""
+
+    def drop(value: jax.Array, index: int) -> jax.Array:
+        if rng is None or rate == 0.0:
+            return value
+        return hk.dropout(jax.random.fold_in(rng, index), rate, value)
+
+    return drop
+
+
+def _check_layer_inputs(z: jax.Array, x: jax.Array | None, mask: jax.Array) -> None:
+    chex.assert_rank(z, 3)
+    if x is not None:
+        chex.assert_equal_shape([z, x])
+    chex.assert_shape(mask, z.shape[:2])
+
+
+class DEQBlock(_Sublayers):
+    """The weight-tied block ``f(z, x)`` whose equilibrium ``z* = f(z*, x)`` the DEQ finds.
+
+    ``x = E[tokens] + P[positions]`` is the input injection, ``m ∈ {0, 1}`` zeroes padded
+    positions, and ``config.form`` picks the equations:
+
+    ``"injection"`` (the residual stream replaced by the injection)::
+
+        h⁰ = x + Attn(LN(z));  hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹)), 0 < l < L
+        f  = (h + MLP(LN(h))) · m
+
+    ``"postln"`` (Bai, Kolter and Koltun 2019's DEQ-Transformer layer: post-LN, the injection
+    inside the attention's input)::
+
+        h = LN(z + Attn(z + x));  f = LN(h + MLP(h)) · m
+
+    ``"normalized"`` (a pre-LN layer on ``z + x`` whose output is normalised)::
+
+        u = z + x;  h = u + Attn(LN(u));  f = LN(h + MLP(LN(h))) · m
+
+    ``L = block_layers`` (further pre-LN layers inside the block; ``"injection"`` only).
+    In ``"injection"`` the state enters only through ``LN(z)`` and in the other two the output
+    is normalised, so ``f`` is bounded and a fixed point exists.
+    """
 
     def __call__(
         self,
@@ -211,35 +272,76 @@ class InjectionBlock(hk.Module):
         Returns:
           ``f(z, x)``, same shape and dtype as ``z``, zero at padded positions.
         """
-        chex.assert_equal_shape([z, x])
-        chex.assert_rank(z, 3)
-        chex.assert_shape(mask, z.shape[:2])
-        rate = self.config.dropout_rate
-        dropout = is_training and rate > 0.0
-        if dropout and rng is None:
+        _check_layer_inputs(z, x, mask)
+        c = self.config
+        if is_training and c.dropout_rate > 0.0 and rng is None:
             rng = hk.next_rng_key()
+        drop = _dropout(c.dropout_rate, rng if is_training else None)
         allowed = causal_attention_mask(mask)
-
-        def drop(value: jax.Array, index: int) -> jax.Array:
-            if not dropout:
-                return value
-            return hk.dropout(jax.random.fold_in(rng, index), rate, value)
+        equations = {"injection": self._injection, "postln": self._postln,
+                     "normalized": self._normalized, "sum": self._sum,
+                     "update": self._update}[c.form]
 
         def layers(z: jax.Array) -> jax.Array:
-            h = x + drop(self._attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
-            h = h + drop(self._mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
-            for layer in range(1, self.config.block_layers):
-                a = self._attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer)
-                h = h + drop(a, 2 * layer)
-                h = h + drop(self._mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
-            return h
+            return equations(z, x, allowed, drop)
 
-        if self.config.spectral_norm:
-            layers = spectral_norm(layers, self.config.spectral_norm)
+        if c.spectral_norm:
+            layers = spectral_norm(layers, c.spectral_norm)
         h = layers(z)
         out = h * mask[..., None].astype(h.dtype)
         chex.assert_equal_shape([out, z])
         return out.astype(z.dtype)
+
+    @hk.experimental.name_like("__call__")
+    def _injection(self, z, x, allowed, drop) -> jax.Array:
+        h = x + drop(self.attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
+        h = h + drop(self.mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
+        for layer in range(1, self.config.block_layers):
+            h = h + drop(self.attention(_layer_norm(f"ln_attn_{layer}")(h), allowed, layer),
+                         2 * layer)
+            h = h + drop(self.mlp(_layer_norm(f"ln_mlp_{layer}")(h), layer), 2 * layer + 1)
+        return h
+
+    @hk.experimental.name_like("__call__")
+    def _postln(self, z, x, allowed, drop) -> jax.Array:
+        h = _layer_norm("ln_attn_0")(z + drop(self.attention(z + x, allowed, 0), 0))
+        return _layer_norm("ln_mlp_0")(h + drop(self.mlp(h, 0), 1))
+
+    @hk.experimental.name_like("__call__")
+    def _sum(self, z, x, allowed, drop) -> jax.Array:
+        h = x + drop(self.attention(_layer_norm("ln_attn_0")(z + x), allowed, 0), 0)
+        return h + drop(self.mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
+
+    @hk.experimental.name_like("__call__")
+    def _update(self, z, x, allowed, drop) -> jax.Array:
+        a = drop(self.attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
+        return x + a + drop(self.mlp(_layer_norm("ln_mlp_0")(z + a), 0), 1)
+
+    @hk.experimental.name_like("__call__")
+    def _normalized(self, z, x, allowed, drop) -> jax.Array:
+        u = z + x
+        h = u + drop(self.attention(_layer_norm("ln_attn_0")(u), allowed, 0), 0)
+        h = h + drop(self.mlp(_layer_norm("ln_mlp_0")(h), 0), 1)
+        return _layer_norm("ln_out")(h)
+
+
+class TransformerLayer(_Sublayers):
+    """One layer of the standard pre-LN Transformer (Radford et al. 2019; Xiong et al. 2020),
+    with the same attention and MLP as :class:`DEQBlock`::
+
+        z ← z + Attn(LN(z));   z ← z + MLP(LN(z))
+
+    where each sublayer adds to the residual stream ``z`` (zeroed at padded positions).
+    """
+
+    def __call__(self, z: jax.Array, mask: jax.Array, *, drop: Callable) -> jax.Array:
+        """The layer applied to ``z`` (``(batch, seq, d_model)``) under the padding ``mask``;
+        ``drop(value, index)`` is the dropout of the two sublayer outputs."""
+        _check_layer_inputs(z, None, mask)
+        allowed = causal_attention_mask(mask)
+        z = z + drop(self.attention(_layer_norm("ln_attn_0")(z), allowed, 0), 0)
+        z = z + drop(self.mlp(_layer_norm("ln_mlp_0")(z), 0), 1)
+        return z * mask[..., None].astype(z.dtype)
 
 
 class _LMBase(hk.Module):
@@ -260,16 +362,15 @@ class _LMBase(hk.Module):
         self.embed_std = embed_std
 
     @hk.experimental.name_like("__call__")
-    def make_block(self, name: str = "block") -> InjectionBlock:
+    def make_block(self, name: str = "block") -> DEQBlock:
         """The block ``f`` named as if built in ``__call__`` (``<model>/block``)."""
-        return InjectionBlock(self.block, name=name)
+        return DEQBlock(self.block, name=name)
 
     @hk.experimental.name_like("__call__")
     def embed(self, tokens: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         """``x = E[tokens] + P[0..seq−1]``; returns ``(x, mask)`` with ``mask`` as float.
 
-        Both embeddings start from a truncated normal with std ``embed_std``: an injection of
-        order one keeps ``LN(z)`` near its well-conditioned regime and ``f`` contractive.
+        Both embeddings start from a truncated normal with std ``embed_std``.
         """
         chex.assert_rank(tokens, 2)
         batch, seq = tokens.shape
@@ -297,14 +398,37 @@ class _LMBase(hk.Module):
         return logits
 
 
+def _initial_state(x: jax.Array, initial_state: str) -> jax.Array:
+    if initial_state not in INITIAL_STATES:
+        raise ValueError(f"unknown initial state {initial_state!r}; choose one of "
+                         f"{', '.join(INITIAL_STATES)}")
+    return x if initial_state == "input" else jnp.zeros_like(x)
+
+
+def _layer_stats(batch: int, depth: int, previous: jax.Array, z: jax.Array) -> dict:
+    """The statistics of an explicit stack of ``depth`` layers, in the DEQ's format: the
+    residual is its last layer's change ``zᴰ − zᴰ⁻¹``, and it never converges."""
+    change, relative = residuals(previous, z, batch_axis=0)
+    return {
+        "steps": jnp.full((batch,), depth, jnp.int32),
+        "fevals": jnp.full((batch,), depth, jnp.int32),
+        "abs_residual": change,
+        "rel_residual": relative,
+        "converged": jnp.zeros((batch,), bool),
+        "reason": jnp.full((batch,), int(Reason.MAX_ITER), jnp.int32),
+    }
+
+
 class DEQTransformerLM(_LMBase):
     """The DEQ Transformer language model: ``logits = readout(z*)``, ``z* = f(z*, x)``.
 
-    The equilibrium is found by ``implicit.haiku.DEQ`` from ``z⁰ = 0`` with ``solver`` (a
-    name or a :class:`solvers.Solver`) and differentiated by ``backward`` (a gradient mode
-    of :mod:`implicit.modes` or its name). ``jacobian_penalty`` (an
-    :class:`implicit.JacobianPenalty`) is evaluated at ``z*`` when training and returned
-    as :attr:`LMOutput.jac_loss`.
+    The equilibrium is found by ``implicit.haiku.DEQ`` from ``z⁰`` (``initial_state``:
+    ``"zeros"`` or ``"input"``, ``z⁰ = x``) with ``solver`` (a name or a
+    :class:`solvers.Solver`) and differentiated by ``backward`` (a gradient mode of
+    :mod:`implicit.modes` or its name). ``jacobian_penalty`` (an
+    :class:`implicit.JacobianPenalty`) is evaluated at ``z*`` when training and returned as
+    :attr:`LMOutput.jac_loss`. The gradient with respect to ``z⁰`` is zero, so starting from
+    ``x`` changes where the solver starts, not the derivative.
 
     With ``remat`` (default) the block is wrapped in ``hk.remat``: the VJPs of the backward
     pass recompute its activations from ``(z*, x)`` instead of keeping them, which trades
@@ -319,6 +443,7 @@ class DEQTransformerLM(_LMBase):
         *,
         solver: Union[str, Solver] = "broyden",
         backward: Union[str, Mode] = "implicit",
+        initial_state: str = "zeros",
         max_seq_len: int = 512,
         embed_std: float = 1.0,
         jacobian_penalty: Optional[JacobianPenalty] = None,
@@ -328,6 +453,7 @@ class DEQTransformerLM(_LMBase):
         super().__init__(vocab_size, block, max_seq_len, embed_std, name)
         self.solver = solver
         self.backward = backward
+        self.initial_state = initial_state
         self.jacobian_penalty = jacobian_penalty
         self.remat = remat
 
@@ -347,7 +473,7 @@ class DEQTransformerLM(_LMBase):
         bound = self.block.spectral_norm
 
         def block(z: jax.Array, x: jax.Array, mask: jax.Array) -> jax.Array:
-            return InjectionBlock(config, name="block")(z, x, mask, is_training=is_training)
+            return DEQBlock(config, name="block")(z, x, mask, is_training=is_training)
 
         penalty = self.jacobian_penalty if is_training else None
         deq = DEQ(
@@ -359,7 +485,8 @@ class DEQTransformerLM(_LMBase):
             jacobian_penalty=penalty,
             transform_params=spectral_norm_params(bound) if bound else None,
         )
-        z_star, stats, *jac_loss = deq(x, jnp.zeros_like(x), mask)
+        z0 = _initial_state(x, self.initial_state)
+        z_star, stats, *jac_loss = deq(x, z0, mask)
         batch = tokens.shape[0]
         summary = {
             key: jnp.broadcast_to(getattr(stats, key), (batch,)) for key in SOLVE_STAT_KEYS
@@ -368,11 +495,13 @@ class DEQTransformerLM(_LMBase):
         return LMOutput(self.readout(z_star), summary, jac)
 
 
-class ExplicitTransformerLM(_LMBase):
-    """The explicit stack ``zᵏ⁺¹ = f(zᵏ, x)``, ``z⁰ = 0``, ``k < D = depth``; ``readout(zᴰ)``.
+class UnrolledLM(_LMBase):
+    """The DEQ's weight-tied unrolled twin: ``zᵏ⁺¹ = f(zᵏ, x)`` for ``k < D = depth`` from
+    the DEQ's ``z⁰``, all ``D`` layers sharing one block's weights; ``readout(zᴰ)``.
 
-    With ``tied=True`` the layers share one block's weights (the DEQ's unrolled twin), with
-    ``tied=False`` each layer has its own. Variational dropout: one key for all layers.
+    As ``D → ∞`` it reaches the DEQ's equilibrium with the same parameters
+    (:func:`twin_params`); backpropagated layer by layer, it keeps the activations of all
+    ``D`` layers. Variational dropout: one key for all layers.
     """
 
     def __init__(
@@ -380,8 +509,8 @@ class ExplicitTransformerLM(_LMBase):
         vocab_size: int,
         block: BlockConfig,
         depth: int = 4,
-        tied: bool = True,
         *,
+        initial_state: str = "zeros",
         max_seq_len: int = 512,
         embed_std: float = 1.0,
         name: str | None = None,
@@ -390,7 +519,7 @@ class ExplicitTransformerLM(_LMBase):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.depth = depth
-        self.tied = tied
+        self.initial_state = initial_state
 
     def __call__(
         self, tokens: jax.Array, mask: jax.Array | None = None, *, is_training: bool = False
@@ -400,22 +529,52 @@ class ExplicitTransformerLM(_LMBase):
         rng = None
         if is_training and self.block.dropout_rate > 0.0:
             rng = hk.next_rng_key()
-        if self.tied:
-            blocks = [self.make_block()] * self.depth
-        else:
-            blocks = [self.make_block(f"block_{k}") for k in range(self.depth)]
-        z = jnp.zeros_like(x)
+        block = self.make_block()
+        z = _initial_state(x, self.initial_state)
         previous = z
-        for block in blocks:
+        for _ in range(self.depth):
             previous, z = z, block(z, x, mask, is_training=is_training, rng=rng)
-        change, relative = residuals(previous, z, batch_axis=0)
-        batch = tokens.shape[0]
-        summary = {
-            "steps": jnp.full((batch,), self.depth, jnp.int32),
-            "fevals": jnp.full((batch,), self.depth, jnp.int32),
-            "abs_residual": change,
-            "rel_residual": relative,
-            "converged": jnp.zeros((batch,), bool),
-            "reason": jnp.full((batch,), int(Reason.MAX_ITER), jnp.int32),
-        }
-        return LMOutput(self.readout(z), summary, jnp.zeros((), jnp.float32))
+        stats = _layer_stats(tokens.shape[0], self.depth, previous, z)
+        return LMOutput(self.readout(z), stats, jnp.zeros((), jnp.float32))
+
+
+class TransformerLM(_LMBase):
+    """The standard pre-LN Transformer language model a user would pick instead of a DEQ:
+    ``z⁰ = x``, then ``depth`` :class:`TransformerLayer` s, each with its own weights, adding
+    to the residual stream; ``readout(zᴰ)``.
+
+    Same embeddings, readout, attention, MLP and initialisation as the DEQ; with
+    ``depth = 1`` it has exactly the parameters of the DEQ with a one-layer block. Dropout
+    (``block.dropout_rate``) draws a fresh mask for every sublayer of every layer.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block: BlockConfig,
+        depth: int = 2,
+        *,
+        max_seq_len: int = 512,
+        embed_std: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(vocab_size, block, max_seq_len, embed_std, name)
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.depth = depth
+
+    def __call__(
+        self, tokens: jax.Array, mask: jax.Array | None = None, *, is_training: bool = False
+    ) -> LMOutput:
+        """Logits for ``tokens`` (``(batch, seq)`` ints) with optional padding ``mask``."""
+        z, mask = self.embed(tokens, mask)
+        rng = None
+        if is_training and self.block.dropout_rate > 0.0:
+            rng = hk.next_rng_key()
+        previous = z
+        for k in range(self.depth):
+            layer_rng = None if rng is None else jax.random.fold_in(rng, k)
+            drop = _dropout(self.block.dropout_rate, layer_rng)
+            previous, z = z, TransformerLayer(self.block, name=f"layer_{k}")(z, mask, drop=drop)
+        stats = _layer_stats(tokens.shape[0], self.depth, previous, z)
+        return LMOutput(self.readout(z), stats, jnp.zeros((), jnp.float32))

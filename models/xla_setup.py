@@ -7,8 +7,9 @@ it can. In a DEQ train step that is the wrong trade. The reverse pass of the imp
 needs the rematerialised block at ``z*`` twice, once inside the adjoint solve (for
 ``u ↦ uᵀ ∂f/∂z``) and once after it (for ``uᵀ ∂f/∂θ``). The second recomputation depends
 only on ``(z*, θ)``, so the concurrency schedule runs it *before* the adjoint loop and keeps
-its activations (13–15 MiB at the default model size) live for the whole loop. XLA's
-memory-minimising schedule runs it when its cotangent arrives, after the loop.
+its activations live for the whole loop (``docs/results.md`` gives what that costs at the
+default model size). XLA's memory-minimising schedule runs it when its cotangent arrives,
+after the loop.
 
 The choice is a process-wide XLA flag (``--xla_cpu_enable_concurrency_optimized_scheduler``;
 ``jax.jit(..., compiler_options=...)`` accepts it but the CPU scheduler does not read it),

@@ -1,57 +1,68 @@
-"""Fixed-point solvers for ``z = f(z, *args)``, chosen by name or passed as values.
+"""Fixed-point solvers for ``z = f(z, *args)``: values of a method and a stopping rule.
 
     import solvers
-    solve = solvers.get("broyden", max_iter=50, tol=1e-5, stop_mode="rel")   # a Solver
-    sol = solve(f, z0, *args)         # Solution(value, stats)
-    solvers.declared("broyden")       # the options it accepts, with defaults and help
+    solve = solvers.Solver(solvers.Broyden(history=10), solvers.Stopping(tol=1e-6))
+    solve == solvers.get("broyden", history=10, tol=1e-6)   # the string front door
+    sol = solve(f, z0, *args)          # Solution(value, stats)
+    solvers.declared("broyden")        # the options it accepts, with defaults and help
 
-Built in, ours: ``"broyden"`` (limited-memory good Broyden), ``"anderson"`` (type-II
-Anderson, safeguarded for float32) and ``"fixed_point"`` (damped iteration); the
-design's jaxopt alternatives: ``"jaxopt_anderson"``, ``"jaxopt_broyden"`` and
-``"jaxopt_fixed_point"``. Every solver is a :class:`Rule` run by the one shared loop
-(:mod:`solvers.loop`), which reports why each sample stopped (:class:`Reason`,
-:func:`explain`) and can hand a failing sample to a ``fallback`` solver. Build your own
-with :func:`rule_solver` and use the value directly, or :func:`register` it by name.
-:mod:`solvers.pytree` holds the pytree arithmetic the whole toolkit shares.
+Built in, ours: :class:`Broyden` (``"broyden"``, limited-memory good Broyden),
+:class:`Anderson` (``"anderson"``, type-II Anderson, safeguarded for float32) and
+:class:`FixedPoint` (``"fixed_point"``, damped iteration); the design's jaxopt
+alternatives: :class:`JaxoptAnderson`, :class:`JaxoptBroyden` and
+:class:`JaxoptFixedPoint` (``"jaxopt_*"``). Every method is run by the one shared loop
+(:mod:`solvers.loop`) under a :class:`Stopping` rule, which reports why each sample
+stopped (:class:`Reason`, :func:`explain`) and can hand a failing sample to a
+``fallback`` solver. Write your own :class:`Method` and use it directly, or
+:func:`register` it by name. :mod:`solvers.options` holds the one validator of typed
+options and :mod:`solvers.pytree` the pytree arithmetic the whole toolkit shares.
 """
 
 from solvers import pytree
-from solvers.anderson import anderson
-from solvers.broyden import broyden
-from solvers.explain import explain
-from solvers.fixed_point import fixed_point
-from solvers.jaxopt_adapters import jaxopt_anderson, jaxopt_broyden, jaxopt_fixed_point
-from solvers.loop import Reason, Rule
-from solvers.options import COMMON_OPTIONS, Option
+from solvers.anderson import Anderson
+from solvers.broyden import Broyden
+from solvers.fixed_point import FixedPoint
+from solvers.jaxopt_adapters import JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint
+from solvers.loop import Reason
+from solvers.method import Growable, Method, Restartable, WarmStartable
+from solvers.options import Option, option
 from solvers.pytree import residuals
-from solvers.registry import SolverFactory, available, declared, get, register, unregister
-from solvers.solver import Solver, rule_solver
+from solvers.registry import available, register, unregister
+from solvers.solver import COMMON_OPTIONS, Solver, declared, get
+from solvers.stopping import Stopping
+from solvers.summary import explain
 from solvers.types import PyTree, Solution, Stats
 
-register("broyden", broyden)
-register("anderson", anderson)
-register("fixed_point", fixed_point)
-register("jaxopt_anderson", jaxopt_anderson)
-register("jaxopt_broyden", jaxopt_broyden)
-register("jaxopt_fixed_point", jaxopt_fixed_point)
+for _method in (Broyden, Anderson, FixedPoint, JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint):
+    register(_method.name, _method)
+del _method
 
 __all__ = [
     "COMMON_OPTIONS",
+    "Anderson",
+    "Broyden",
+    "FixedPoint",
+    "Growable",
+    "JaxoptAnderson",
+    "JaxoptBroyden",
+    "JaxoptFixedPoint",
+    "Method",
     "Option",
     "PyTree",
     "Reason",
-    "Rule",
+    "Restartable",
     "Solution",
     "Solver",
-    "SolverFactory",
     "Stats",
+    "Stopping",
+    "WarmStartable",
     "available",
     "declared",
     "explain",
     "get",
+    "option",
     "pytree",
     "register",
     "residuals",
-    "rule_solver",
     "unregister",
 ]

@@ -7,7 +7,8 @@ problem
     γ = argmin ‖g(z) − ΔG γ‖²  (ridge-regularised),
     z⁺ = z + β g(z) − (ΔZ + β ΔG) γ,
 
-with mixing ``β`` (``history`` ``m``, ``mixing`` ``β``; Walker & Ni 2011). On a linear
+with damping ``β`` (``history`` ``m``, ``damping`` ``β``; Walker & Ni 2011, "Anderson
+acceleration for fixed-point iterations"). On a linear
 map it is GMRES in disguise. Per row, the Gram matrix ``ΔGᴴΔG`` is kept up to date one
 column at a time, and the normal equations are solved after Jacobi scaling (unit
 diagonal) with a ridge *relative* to that scaled matrix, ``(Ĝ + λ I) γ̂ = ĉ``: unlike an
@@ -21,8 +22,8 @@ Safeguards, per row:
 * the history restarts, keeping only its newest column, when the scaled Gram matrix is
   ill-conditioned (its Cholesky estimate of the condition number exceeds
   ``max_condition``; default ``1 / (100 ε)`` of the working precision) or when a step
-  raised the residual by more than ``max_increase``; that step is the one-column
-  (secant) step;
+  raised the residual by more than a factor ``restart_increase``; that step is the
+  one-column (secant) step;
 * columns that are not finite are never stored, and a proposal that is not finite is
   replaced by the plain step, so one bad evaluation of ``f`` does not poison the history.
 
@@ -31,14 +32,15 @@ The history never exceeds the problem size or the iteration budget.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+import dataclasses
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from solvers.loop import FlatMap, Matrix, Rule
-from solvers.options import Option, positive_int
-from solvers.solver import rule_solver
+from solvers.method import FlatMap, Matrix, Method, Restartable, Step
+from solvers.options import above, at_least, between, option
+from solvers.stopping import Stopping
 
 
 class AndersonState(NamedTuple):
@@ -56,21 +58,36 @@ def _dot_rows(a: Matrix, b: Matrix) -> jax.Array:
     return jnp.sum(jnp.conj(a) * b, axis=1)
 
 
-def anderson_rule(options: Mapping[str, Any]) -> Rule:
-    """The :class:`Rule` of safeguarded type-II Anderson (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class Anderson(Method, Restartable):
+    """Safeguarded type-II Anderson acceleration (see the module docstring).
 
     A step solves for ``γ`` with the columns and inner products it finds in the state,
     moves, evaluates ``f``, and then stores the difference to the new point with its inner
     products, ready for the next step: so no previous iterate is carried (and copied)
     from one step to the next.
     """
-    beta = float(options["mixing"])
-    ridge = float(options["ridge"])
-    max_increase = float(options["max_increase"])
 
-    def init(z: Matrix, fz: Matrix) -> AndersonState:
+    name: ClassVar[str] = "anderson"
+    history: int = option(5, at_least(1), "m: difference columns kept (capped at the problem size)")
+    damping: float = option(
+        1.0, between(0, 1, low_open=True), "β of z⁺ = z + β g − (ΔZ + β ΔG) γ"
+    )
+    ridge: float = option(
+        1e-6, between(0, 1, high_open=True),
+        "λ of (Ĝ + λ I) γ̂ = ĉ, relative to the unit-diagonal scaled Gram matrix Ĝ",
+    )
+    max_condition: Optional[float] = option(
+        None, above(1), "restart the history above this condition number of Ĝ (None: 1/(100 ε))"
+    )
+    restart_increase: float = option(
+        10.0, at_least(1),
+        "restart the history after a step that raised ‖f(z) − z‖ by more than this factor",
+    )
+
+    def init(self, z: Matrix, fz: Matrix, stopping: Stopping) -> AndersonState:
         batch, size = z.shape
-        m = max(1, min(options["history"], options["max_iter"], size))
+        m = max(1, min(self.history, stopping.max_iter, size))
         buffers = jnp.zeros((batch, m, size), z.dtype)
         real = jnp.finfo(z.dtype).dtype
         return AndersonState(
@@ -79,15 +96,23 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
             g_prev_norm=jnp.full((batch,), jnp.inf, real), slot=jnp.zeros((), jnp.int32),
         )
 
-    def restart(state: AndersonState, z: Matrix, fz: Matrix, rows: jax.Array) -> AndersonState:
+    def restart(self, state: AndersonState, z: Matrix, fz: Matrix, rows: jax.Array) -> AndersonState:
         return state._replace(
             valid=state.valid & ~rows[:, None],
             g_prev_norm=jnp.where(rows, jnp.inf, state.g_prev_norm),
         )
 
+    def condition_limit(self, dtype: Any) -> float:
+        """The condition number of the scaled Gram matrix above which the history restarts."""
+        if self.max_condition is not None:
+            return float(self.max_condition)
+        return 0.01 / float(jnp.finfo(dtype).eps)
+
     def step(
-        f: FlatMap, z: Matrix, fz: Matrix, state: AndersonState, active: jax.Array
-    ) -> tuple[Matrix, Matrix, AndersonState, jax.Array]:
+        self, f: FlatMap, z: Matrix, fz: Matrix, state: AndersonState, active: jax.Array,
+        stopping: Stopping,
+    ) -> Step:
+        beta, ridge = self.damping, self.ridge
         m = state.dg.shape[1]
         real = jnp.finfo(z.dtype).dtype
         g = fz - z
@@ -109,8 +134,8 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
 
         # A restarted row keeps only the newest column: one secant step, γ_s = Δgᴴg / ‖Δg‖².
         g_norm = jnp.sqrt(jnp.real(_dot_rows(g, g)))
-        raised = g_norm > max_increase * state.g_prev_norm
-        ill = ~(condition <= max_condition(options, z.dtype))  # NaN counts as ill
+        raised = g_norm > self.restart_increase * state.g_prev_norm
+        ill = ~(condition <= self.condition_limit(z.dtype))  # NaN counts as ill
         restart_rows = raised | ill | ~jnp.all(jnp.isfinite(gamma), axis=1)
         only_newest = newest[None, :] & valid
         newest_norm2 = jnp.sum(jnp.where(only_newest, diagonal, 0), axis=1)
@@ -146,8 +171,6 @@ def anderson_rule(options: Mapping[str, Any]) -> Rule:
         )
         return z_new, fz_new, new_state, jnp.ones(z.shape[:1], jnp.int32)
 
-    return Rule(init, step, restart)
-
 
 UNROLLED_SIZE = 8  # systems up to this size are solved by unrolled elementwise code
 
@@ -181,35 +204,3 @@ def cholesky_solve(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
         x[i] = (y[i] - rest) / lower[i][i]
     pivots = jnp.stack([jnp.real(lower[i][i]) for i in range(m)], axis=1)
     return jnp.stack(x, axis=1), pivots
-
-
-def max_condition(options: Mapping[str, Any], dtype: Any) -> float:
-    """The condition number of the scaled Gram matrix above which the history restarts."""
-    given = options["max_condition"]
-    return float(given) if given is not None else 0.01 / float(jnp.finfo(dtype).eps)
-
-
-anderson = rule_solver(
-    "anderson",
-    {
-        "history": positive_int(5, "m: difference columns kept (capped at the problem size)"),
-        "mixing": Option(
-            1.0, (int, float), lambda v: 0 < v <= 1, "a number in (0, 1]",
-            "β of z⁺ = z + β g − (ΔZ + β ΔG) γ",
-        ),
-        "ridge": Option(
-            1e-6, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)",
-            "λ of (Ĝ + λ I) γ̂ = ĉ, relative to the unit-diagonal scaled Gram matrix Ĝ",
-        ),
-        "max_condition": Option(
-            None, (type(None), int, float), lambda v: v is None or v > 1,
-            "None or a number > 1",
-            "restart the history above this condition number of Ĝ (None: 1/(100 ε))",
-        ),
-        "max_increase": Option(
-            10.0, (int, float), lambda v: v >= 1, "a number >= 1",
-            "restart the history after a step that raised ‖f(z) − z‖ by more than this factor",
-        ),
-    },
-    anderson_rule,
-)

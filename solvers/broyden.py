@@ -23,39 +23,38 @@ Safeguards:
   ``"replace_oldest"`` is the classic FIFO). The term leaving the buffer is removed
   from ``J⁻¹`` before the update, so the buffer always represents exactly the
   inverse that produced the current direction;
-* a trial point whose ``‖g‖`` exceeds ``max_increase`` (default 2) times the current
-  one is rejected: ``z`` stays and the secant pair still updates ``J⁻¹``, so the next
-  trial follows a new direction; after two rejections in a row the trials also
-  shrink (``α`` halves with each further rejection, back to 1 once a step is
-  accepted). This backtracking costs no evaluation of ``f`` beyond the trials. The
-  test is not monotone on purpose: on slowly contracting maps Broyden's residual may
-  rise for a step before it falls. On the benchmarks' slow-modes problems (ρ = 0.99 and
-  0.999, d = 256 and 1024, batch 32, seeds 0–9) ``max_increase=1`` took 2.1 times the
-  iterations (6926 against 3364, batch maxima summed) and left 30 of the 1280 samples
-  unconverged instead of none (``python -m benchmarks.compare_solvers --seed S --problems
-  slow-modes-0.99 slow-modes-0.999 --solvers broyden --no-peers --variant
-  monotone=broyden --solver-option monotone:max_increase=1``, S = 0…9);
+* a trial point whose ``‖g‖`` exceeds ``reject_increase`` times the current one is
+  rejected: ``z`` stays and the secant pair still updates ``J⁻¹``, so the next trial
+  follows a new direction; after two rejections in a row the trials also shrink (``α``
+  halves with each further rejection, back to 1 once a step is accepted). This
+  backtracking costs no evaluation of ``f`` beyond the trials. The test is not monotone
+  on purpose: on slowly contracting maps Broyden's residual may rise for a step before
+  it falls (``docs/results.md`` measures ``reject_increase=1`` against the default);
 * a rank-one term that is not finite or has a vanishing denominator is dropped,
   never stored; a non-finite direction is replaced by zero.
 
 ``history`` is capped at the problem size and at ``max_iter``. The buffers start with
 ``initial_history`` slots and grow to ``history`` only when a solve fills them
-(:attr:`solvers.loop.Rule.grow`): a solve that stops within a few iterations never
-allocates, zero-fills or touches the full ``O(history · size)`` buffers (for a DEQ
-block that converges in a few iterations, clearing them was a large part of the solve).
+(:class:`solvers.method.Growable`): a solve that stops within a few iterations never
+allocates, zero-fills or touches the full ``O(history · size)`` buffers.
+
+Broyden (1965), "A class of methods for solving nonlinear simultaneous equations";
+the limited-memory form as in Bai, Kolter and Koltun (2019), "Deep Equilibrium Models".
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional
+import dataclasses
+from typing import ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from solvers.loop import FlatMap, Matrix, Rule, bounded_while
-from solvers.options import Option, choice, flag, nonnegative_int, positive_int
+from solvers.loop import bounded_while
+from solvers.method import FlatMap, Growable, Matrix, Method, Restartable, Step, WarmStartable
+from solvers.options import at_least, one_of, option
 from solvers.pytree import row_norms
-from solvers.solver import rule_solver
+from solvers.stopping import Stopping
 
 ARMIJO_C = 1e-4  # sufficient decrease of ‖g‖ asked of a line-search step
 FULL_STEP_REJECTIONS = 2  # rejections in a row after which trials start to shrink
@@ -139,7 +138,7 @@ class _Update(NamedTuple):
 
 def _update(
     state: BroydenState, z_step: Matrix, g: Matrix, g_new: Matrix, active: jax.Array,
-    max_increase: float,
+    reject_increase: float,
 ) -> _Update:
     """The good-Broyden update from the stored terms (unfilled slots are zero)."""
     terms = state.terms
@@ -161,7 +160,7 @@ def _update(
                                                 keepdims=True)
     u, v = jnp.where(keep, u, 0), jnp.where(keep, v, 0)
     g_new_norm2 = _sum_squares_rows(g_new)
-    accept = g_new_norm2 <= max_increase**2 * state.g_norm2
+    accept = g_new_norm2 <= reject_increase**2 * state.g_norm2
     g_next = jnp.where(accept[:, None], g_new, g)
     inv_j_g_next = jnp.where(accept[:, None], inv_j_g_new, inv_j_g)
     next_direction = -(inv_j_g_next + u * _vdot_rows(v, g_next))
@@ -169,41 +168,60 @@ def _update(
     return _Update(u, v, next_direction, jnp.where(accept, g_new_norm2, state.g_norm2), accept)
 
 
-def broyden_rule(options: Mapping[str, Any]) -> Rule:
-    """The :class:`Rule` of limited-memory good Broyden (see the module docstring)."""
-    keep_earliest = options["when_full"] == "replace_newest"
-    max_increase = float(options["max_increase"])
+@dataclasses.dataclass(frozen=True)
+class Broyden(Method, Restartable, WarmStartable, Growable):
+    """Limited-memory good Broyden (see the module docstring), with its settings."""
 
-    def full_history(size: int) -> int:
-        return max(1, min(options["history"], options["max_iter"], size))
+    name: ClassVar[str] = "broyden"
+    history: int = option(30, at_least(1), "rank-one terms kept in the inverse-Jacobian buffer")
+    initial_history: int = option(
+        8, at_least(0), "slots the buffers start with; they grow to history only when a "
+        "solve fills them (0: all history slots from the start)",
+    )
+    when_full: str = option(
+        "replace_newest", one_of("replace_newest", "replace_oldest"),
+        "which term a full buffer gives up: the newest (keeps the slow modes) or the oldest",
+    )
+    reject_increase: float = option(
+        2.0, at_least(1), "reject a trial point whose ‖f(z) − z‖ grows by more than this "
+        "factor (1: only trials that do not raise it are taken)",
+    )
+    line_search: bool = option(False, None, "backtrack on ‖f(z) − z‖ instead of always α = 1")
+    ls_max_steps: int = option(6, at_least(1), "line-search trials per iteration (α = 1, 1/2, ...)")
 
-    def init(z: Matrix, fz: Matrix, slots: Optional[int] = None) -> BroydenState:
+    def slots(self, size: int, stopping: Stopping) -> tuple[int, int]:
+        """``(first, full)``: the slots the buffers start with and the most they grow to, for
+        rows of ``size`` (``history`` capped at ``size`` and at ``max_iter``)."""
+        full = max(1, min(self.history, stopping.max_iter, size))
+        return min(self.initial_history or full, full), full
+
+    def _empty(self, z: Matrix, fz: Matrix, slots: int) -> BroydenState:
         batch, size = z.shape
-        history = full_history(size)
-        if slots is None:
-            slots = min(options["initial_history"] or history, history)
-        terms = jnp.zeros((batch, 2, slots, size), z.dtype)
-        rejections = jnp.zeros((batch,), jnp.int32)
         zero = jnp.zeros((), jnp.int32)
         g = fz - z
-        return BroydenState(terms, g, _sum_squares_rows(g), rejections, zero, zero)
+        return BroydenState(jnp.zeros((batch, 2, slots, size), z.dtype), g,
+                            _sum_squares_rows(g), jnp.zeros((batch,), jnp.int32), zero, zero)
 
-    def room(state: BroydenState) -> jax.Array:
+    def init(self, z: Matrix, fz: Matrix, stopping: Stopping) -> BroydenState:
+        return self._empty(z, fz, self.slots(z.shape[1], stopping)[0])
+
+    def room(self, state: BroydenState) -> jax.Array:
         return state.filled < state.terms.shape[2]
 
-    def grow(state: BroydenState) -> Optional[BroydenState]:
+    def grow(self, state: BroydenState, stopping: Stopping) -> Optional[BroydenState]:
         """The state in buffers of ``history`` slots (``None`` if they already are); the
         next term goes to the first new slot. Only called on a state that never wrapped."""
         slots, size = state.terms.shape[2:]
-        if slots >= full_history(size):
+        full = self.slots(size, stopping)[1]
+        if slots >= full:
             return None
-        pad = ((0, 0), (0, 0), (0, full_history(size) - slots), (0, 0))
+        pad = ((0, 0), (0, 0), (0, full - slots), (0, 0))
         return state._replace(terms=jnp.pad(state.terms, pad), slot=state.filled)
 
-    def warm(prior: BroydenState, z: Matrix, fz: Matrix) -> BroydenState:
+    def warm(self, prior: BroydenState, z: Matrix, fz: Matrix, stopping: Stopping) -> BroydenState:
         """Start from ``prior``'s terms (kept in front of this solve's own ``history``
         slots), with the first direction ``d = −J⁻¹ g(z)`` of that inverse."""
-        own = init(z, fz, slots=full_history(z.shape[1]))
+        own = self._empty(z, fz, self.slots(z.shape[1], stopping)[1])
         terms = jnp.concatenate([prior.terms.astype(z.dtype), own.terms], axis=2)
         g = fz - z
         coeff = jnp.einsum("bmn,bn->bm", jnp.conj(terms[:, V]), g)
@@ -211,11 +229,11 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         start = jnp.asarray(prior.terms.shape[2], jnp.int32)
         return BroydenState(terms, -inv_j_g, own.g_norm2, own.rejections, start, start)
 
-    def transpose(state: BroydenState) -> BroydenState:
+    def transpose(self, state: BroydenState) -> BroydenState:
         """The terms of ``(J⁻¹)ᵀ = −I + Σ conj(vᵢ) conj(uᵢ)ᴴ``: the prior of the adjoint."""
         return state._replace(terms=jnp.conj(state.terms[:, ::-1]))
 
-    def restart(state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
+    def restart(self, state: BroydenState, z: Matrix, fz: Matrix, rows: jax.Array) -> BroydenState:
         g = fz - z
         return state._replace(
             terms=jnp.where(rows[:, None, None, None], 0, state.terms),
@@ -225,14 +243,14 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         )
 
     def step(
-        f: FlatMap, z: Matrix, fz: Matrix, state: BroydenState, active: jax.Array
-    ) -> tuple[Matrix, Matrix, BroydenState, jax.Array]:
+        self, f: FlatMap, z: Matrix, fz: Matrix, state: BroydenState, active: jax.Array,
+        stopping: Stopping,
+    ) -> Step:
         g = fz - z
         direction = state.direction
-        if options["line_search"]:
+        if self.line_search:
             z_new, fz_new, fevals = _line_search(
-                f, z, row_norms(g), direction, active, options["ls_max_steps"],
-                options["fixed_length"],
+                f, z, row_norms(g), direction, active, self.ls_max_steps, stopping.fixed_length,
             )
         else:
             # After r > 2 rejections in a row the trial goes 2^(2 − r) of the way.
@@ -242,9 +260,9 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
             fz_new = f(z_new)
             fevals = jnp.ones(z.shape[:1], jnp.int32)
         g_new = fz_new - z_new
-        new = _update(state, z_new - z, g, g_new, active, max_increase)
+        new = _update(state, z_new - z, g, g_new, active, self.reject_increase)
         history = state.terms.shape[2]
-        if keep_earliest:
+        if self.when_full == "replace_newest":
             next_slot = jnp.minimum(state.slot + 1, history - 1)
         else:
             next_slot = (state.slot + 1) % history
@@ -259,34 +277,3 @@ def broyden_rule(options: Mapping[str, Any]) -> Rule:
         z_next = jnp.where(new.accept[:, None], z_new, z)
         fz_next = jnp.where(new.accept[:, None], fz_new, fz)
         return z_next, fz_next, new_state, fevals
-
-    return Rule(init, step, restart, warm, transpose, room, grow)
-
-
-broyden = rule_solver(
-    "broyden",
-    {
-        "history": positive_int(30, "rank-one terms kept in the inverse-Jacobian ring buffer"),
-        "initial_history": nonnegative_int(
-            8,
-            "slots the buffers start with; they grow to history only when a solve fills "
-            "them (0: all history slots from the start)",
-        ),
-        "when_full": choice(
-            "replace_newest",
-            ("replace_newest", "replace_oldest"),
-            "which term a full buffer gives up: the newest (keeps the slow modes) or the oldest",
-        ),
-        "max_increase": Option(
-            2.0,
-            (int, float),
-            lambda v: v >= 1,
-            "a number >= 1",
-            "reject a trial point whose ‖f(z) − z‖ grows by more than this factor "
-            "(1: only trials that do not raise it are taken)",
-        ),
-        "line_search": flag(False, "backtrack on ‖f(z) − z‖ instead of always taking α = 1"),
-        "ls_max_steps": positive_int(6, "line-search trials per iteration (α = 1, 1/2, ...)"),
-    },
-    broyden_rule,
-)

@@ -19,22 +19,23 @@ numbers compare one to one with ``"broyden"``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from solvers.loop import FlatMap, Matrix, Rule
-from solvers.options import Option, positive_float, positive_int
+from solvers.method import FlatMap, Matrix, Method, Step
+from solvers.options import Check, above, at_least, option
 from solvers.quiet_jaxopt import import_jaxopt
-from solvers.solver import Solver, rule_solver
+from solvers.stopping import Stopping
 
 jaxopt = import_jaxopt()
 
-# make(fun, size) -> a jaxopt solver for the per-row function ``fun`` on rows of length
-# ``size``; ``fun`` maps a row to what the jaxopt solver expects: f(row) for fixed-point
-# solvers, f(row) − row for root finders.
-SolverMaker = Callable[[Callable[[jax.Array], jax.Array], int], Any]
+RowMap = Callable[[jax.Array], jax.Array]
+"""The per-row function a jaxopt solver sees: ``f(row)`` for a fixed-point solver,
+``f(row) − row`` for a root finder."""
 
 
 def _working_dtype(name: str, dtype: Any) -> Any:
@@ -49,19 +50,30 @@ def _working_dtype(name: str, dtype: Any) -> Any:
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
-def jaxopt_rule(name: str, make: SolverMaker, root_finder: bool) -> Rule:
-    """The :class:`Rule` that runs the jaxopt solver ``make(fun)`` row by row."""
-    def fun_returning(fz_row: jax.Array) -> Callable[[jax.Array], jax.Array]:
-        return (lambda p: fz_row - p) if root_finder else (lambda p: fz_row)
+class JaxoptMethod(Method):
+    """A jaxopt solver run row by row inside the shared loop (see the module docstring).
 
-    def query_point(params: jax.Array, state: Any) -> jax.Array:
+    A subclass says which jaxopt solver it runs (:meth:`make`) and whether it is a root
+    finder of ``g(z) = f(z) − z`` (``root_finder``) or a fixed-point solver of ``f``.
+    """
+
+    root_finder: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def make(self, fun: RowMap, size: int, stopping: Stopping) -> Any:
+        """The jaxopt solver for the per-row function ``fun`` on rows of length ``size``."""
+
+    def _fun_returning(self, fz_row: jax.Array) -> RowMap:
+        return (lambda p: fz_row - p) if self.root_finder else (lambda p: fz_row)
+
+    def _query_point(self, params: jax.Array, state: Any, stopping: Stopping) -> jax.Array:
         seen = []
 
         def record(p: jax.Array) -> jax.Array:
             seen.append(p)
             return p
 
-        make(record, params.shape[-1]).update(params, state)
+        self.make(record, params.shape[-1], stopping).update(params, state)
         if len(seen) != 1:
             raise RuntimeError(
                 f"the jaxopt solver evaluated its function {len(seen)} times in one update; "
@@ -69,101 +81,79 @@ def jaxopt_rule(name: str, make: SolverMaker, root_finder: bool) -> Rule:
             )
         return seen[0]
 
-    def advance(params: jax.Array, state: Any, fz_row: jax.Array) -> tuple[jax.Array, Any]:
-        step = make(fun_returning(fz_row), params.shape[-1]).update(params, state)
-        return step.params, step.state
-
-    def init(z: Matrix, fz: Matrix) -> tuple[Matrix, Any]:
+    def init(self, z: Matrix, fz: Matrix, stopping: Stopping) -> tuple[Matrix, Any]:
         # A fixed-point solver's first update would evaluate f(z0), which the loop already
         # has: start it from f(z0) instead. A root finder starts from z0 with g(z0) known.
-        work = _working_dtype(name, z.dtype)
+        work = _working_dtype(self.name, z.dtype)
         z, fz = z.astype(work), fz.astype(work)
-        params = z if root_finder else fz
+        params = z if self.root_finder else fz
         state = jax.vmap(
-            lambda p_row, fz_row: make(fun_returning(fz_row), p_row.shape[-1]).init_state(p_row)
-        )(
-            params, fz
-        )
+            lambda p_row, fz_row: self.make(
+                self._fun_returning(fz_row), p_row.shape[-1], stopping).init_state(p_row)
+        )(params, fz)
         return params, state
 
     def step(
-        f: FlatMap, z: Matrix, fz: Matrix, carried: tuple[Matrix, Any], active: jax.Array
-    ) -> tuple[Matrix, Matrix, tuple[Matrix, Any], jax.Array]:
+        self, f: FlatMap, z: Matrix, fz: Matrix, carried: tuple[Matrix, Any], active: jax.Array,
+        stopping: Stopping,
+    ) -> Step:
         params, state = carried
-        query = jax.vmap(query_point)(params, state)
+
+        def advance(params: jax.Array, state: Any, fz_row: jax.Array) -> tuple[jax.Array, Any]:
+            step = self.make(self._fun_returning(fz_row), params.shape[-1], stopping).update(
+                params, state)
+            return step.params, step.state
+
+        query = jax.vmap(lambda p, s: self._query_point(p, s, stopping))(params, state)
         f_query = f(query.astype(z.dtype))
         params, state = jax.vmap(advance)(params, state, f_query.astype(params.dtype))
         return query.astype(z.dtype), f_query, (params, state), jnp.ones(z.shape[:1], jnp.int32)
 
-    return Rule(init, step)
+
+@dataclasses.dataclass(frozen=True)
+class JaxoptFixedPoint(JaxoptMethod):
+    """``jaxopt.FixedPointIteration``: plain iteration."""
+
+    name: ClassVar[str] = "jaxopt_fixed_point"
+
+    def make(self, fun: RowMap, size: int, stopping: Stopping) -> Any:
+        return jaxopt.FixedPointIteration(fun, maxiter=stopping.max_iter, tol=stopping.tol,
+                                          jit=False)
 
 
-def _jaxopt_solver(
-    name: str,
-    declared: Mapping[str, Option],
-    build: Callable[[Callable, Mapping, int], Any],
-    root_finder: bool = False,
-) -> Callable[..., Solver]:
-    def make_rule(options: Mapping[str, Any]) -> Rule:
-        return jaxopt_rule(name, lambda fun, size: build(fun, options, size), root_finder)
+@dataclasses.dataclass(frozen=True)
+class JaxoptAnderson(JaxoptMethod):
+    """``jaxopt.AndersonAcceleration`` (Walker & Ni 2011)."""
 
-    return rule_solver(name, declared, make_rule)
+    name: ClassVar[str] = "jaxopt_anderson"
+    history: int = option(5, at_least(2), "past iterates mixed")
+    damping: float = option(1.0, above(0), "β, the damping of the extrapolated residual")
+    ridge: float = option(1e-5, at_least(0), "Tikhonov term of the mixing least-squares problem")
+    mixing_frequency: int = option(1, at_least(1), "take an Anderson step every this many "
+                                   "iterations")
+
+    def make(self, fun: RowMap, size: int, stopping: Stopping) -> Any:
+        return jaxopt.AndersonAcceleration(
+            fun, history_size=max(2, min(self.history, stopping.max_iter, size)),
+            beta=self.damping, ridge=self.ridge, mixing_frequency=self.mixing_frequency,
+            maxiter=stopping.max_iter, tol=stopping.tol, jit=False,
+        )
 
 
-jaxopt_fixed_point = _jaxopt_solver(
-    "jaxopt_fixed_point",
-    {},
-    lambda fun, o, size: jaxopt.FixedPointIteration(
-        fun, maxiter=o["max_iter"], tol=o["tol"], jit=False
-    ),
-)
+@dataclasses.dataclass(frozen=True)
+class JaxoptBroyden(JaxoptMethod):
+    """``jaxopt.Broyden``: limited-memory Broyden on ``g(z) = f(z) − z``."""
 
-jaxopt_anderson = _jaxopt_solver(
-    "jaxopt_anderson",
-    {
-        "history": Option(5, (int,), lambda v: v >= 2, "an integer >= 2", "past iterates mixed"),
-        "beta": positive_float(1.0, "mixing (damping) of the extrapolated residual"),
-        "ridge": Option(
-            1e-5,
-            (int, float),
-            lambda v: v >= 0,
-            "a number >= 0",
-            "Tikhonov term of the mixing least-squares problem",
-        ),
-        "mixing_frequency": positive_int(1, "take an Anderson step every this many iterations"),
-    },
-    lambda fun, o, size: jaxopt.AndersonAcceleration(
-        fun,
-        history_size=max(2, min(o["history"], o["max_iter"], size)),
-        beta=o["beta"],
-        ridge=o["ridge"],
-        mixing_frequency=o["mixing_frequency"],
-        maxiter=o["max_iter"],
-        tol=o["tol"],
-        jit=False,
-    ),
-)
+    name: ClassVar[str] = "jaxopt_broyden"
+    root_finder: ClassVar[bool] = True
+    history: int = option(30, at_least(1), "rank-one terms kept (jaxopt's history_size)")
+    gamma: float = option(
+        -1.0, Check(lambda v: v != 0, "other than 0"),
+        "initial inverse Jacobian gamma·I of g(z) = f(z) − z (−1 is exact for f ≈ 0)",
+    )
 
-jaxopt_broyden = _jaxopt_solver(
-    "jaxopt_broyden",
-    {
-        "history": positive_int(30, "rank-one terms kept (jaxopt's history_size)"),
-        "gamma": Option(
-            -1.0,
-            (int, float),
-            lambda v: v != 0,
-            "a non-zero number",
-            "initial inverse Jacobian gamma·I of g(z) = f(z) − z (−1 is exact for f ≈ 0)",
-        ),
-    },
-    lambda fun, o, size: jaxopt.Broyden(
-        fun,
-        history_size=min(o["history"], o["max_iter"], size),
-        gamma=o["gamma"],
-        stepsize=1.0,
-        maxiter=o["max_iter"],
-        tol=o["tol"],
-        jit=False,
-    ),
-    root_finder=True,
-)
+    def make(self, fun: RowMap, size: int, stopping: Stopping) -> Any:
+        return jaxopt.Broyden(
+            fun, history_size=min(self.history, stopping.max_iter, size), gamma=self.gamma,
+            stepsize=1.0, maxiter=stopping.max_iter, tol=stopping.tol, jit=False,
+        )

@@ -1,8 +1,9 @@
-"""The one iteration loop that every solver shares; solvers differ only in their :class:`Rule`.
+"""The one iteration loop that every solver shares; solvers differ only in their method.
 
 The loop solves ``z = f(z)`` for a ``(batch, size)`` matrix of independent rows
-(see :mod:`solvers.flat`). A :class:`Rule` proposes the next point and evaluates
-``f`` there; the loop owns everything else, identically for every solver:
+(see :mod:`solvers.flat`). A :class:`solvers.Method` proposes the next point and
+evaluates ``f`` there; the loop owns everything else, identically for every solver, by
+the rules of a :class:`solvers.Stopping`:
 
 * the residuals ``‖f(z) − z‖`` and ``‖f(z) − z‖ / ‖f(z)‖`` per row, accumulated in at
   least single precision and safe from overflow (:func:`solvers.pytree.row_norms`);
@@ -21,10 +22,12 @@ The loop solves ``z = f(z)`` for a ``(batch, size)`` matrix of independent rows
   iterates whose absolute residual is below the best one's (a converged iterate that
   improved on the start always qualifies), so a finite iterate is returned whenever
   one was seen and a runaway one never is;
-* a fallback: with a second rule, a row that stalls, diverges or goes non-finite
-  continues from its best iterate under that rule, within the same ``max_iter``;
-* growing state: a rule may start with small buffers and have the loop move it into
-  larger ones only when they fill while a row is still active (:class:`Rule`);
+* a fallback: with a second, :class:`~solvers.method.Restartable` method, a row that
+  stalls, diverges or goes non-finite continues from its best iterate under that method,
+  within the same ``max_iter``;
+* growing state: a :class:`~solvers.method.Growable` method starts with small buffers
+  and the loop moves its state into larger ones only when they fill while a row is still
+  active;
 * statistics (:class:`solvers.types.Stats`), per row.
 """
 
@@ -37,11 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from solvers.method import FlatMap, Growable, Matrix, Method, Restartable
 from solvers.pytree import scaled_row_norms
+from solvers.stopping import Stopping
 from solvers.types import Stats
-
-Matrix = jax.Array  # (batch, size)
-FlatMap = Callable[[Matrix], Matrix]
 
 
 class Reason(enum.IntEnum):
@@ -52,50 +54,6 @@ class Reason(enum.IntEnum):
     STALLED = 2  # its absolute residual stopped falling (stall_window, stall_tol)
     DIVERGED = 3  # its absolute residual grew past divergence_factor times the first one
     NONFINITE = 4  # f returned NaN or inf at its iterate
-
-
-class Rule(NamedTuple):
-    """How a solver moves from one point to the next.
-
-    ``init(z, fz) -> state`` starts the solver's own state from ``z0`` and
-    ``f(z0)``. ``step(f, z, fz, state, active) -> (z_new, fz_new, state, fevals)``
-    returns the next point, ``f`` at it, the new state and the per-row number of
-    evaluations of ``f`` it spent. Rows where ``active`` is false are discarded
-    by the loop; the rule may compute anything finite for them.
-
-    Optional abilities:
-
-    * ``restart(state, z, fz, rows) -> state`` starts the rows ``rows`` afresh from
-      ``(z, fz)``; a rule without it cannot serve as a fallback;
-    * ``warm(prior, z, fz) -> state`` starts from what an earlier solve of a related
-      problem learned (its final state ``prior``: for Broyden, an estimate of the
-      inverse Jacobian), and ``transpose(state) -> state`` turns a final state into the
-      prior for the transposed linear problem (the adjoint of a fixed point);
-    * ``room(state) -> bool`` and ``grow(state) -> state | None`` let a rule start with
-      small buffers: the loop steps while ``room`` holds, then (only if some row is
-      still active) continues with ``grow(state)``, the same state in larger buffers;
-      ``grow`` returns ``None`` (decided from shapes alone) once the state is full size.
-      Each size compiles the loop body once more; a solve that stops early never
-      allocates or touches the larger buffers.
-    """
-
-    init: Callable[[Matrix, Matrix], Any]
-    step: Callable[[FlatMap, Matrix, Matrix, Any, jax.Array], tuple[Matrix, Matrix, Any, jax.Array]]
-    restart: Optional[Callable[[Any, Matrix, Matrix, jax.Array], Any]] = None
-    warm: Optional[Callable[[Any, Matrix, Matrix], Any]] = None
-    transpose: Optional[Callable[[Any], Any]] = None
-    room: Optional[Callable[[Any], jax.Array]] = None
-    grow: Optional[Callable[[Any], Optional[Any]]] = None
-
-
-class LoopOptions(NamedTuple):
-    max_iter: int
-    tol: float
-    stop_mode: str
-    stall_window: int
-    stall_tol: float
-    divergence_factor: float
-    fixed_length: bool
 
 
 def residuals(z: Matrix, fz: Matrix) -> tuple[jax.Array, jax.Array]:
@@ -154,8 +112,8 @@ class _Carry(NamedTuple):
     k: jax.Array
     z: Matrix
     fz: Matrix
-    states: tuple  # one state per rule
-    phase: jax.Array  # (batch,) index of the rule each row moves by
+    states: tuple  # one state per method
+    phase: jax.Array  # (batch,) index of the method each row moves by
     active: jax.Array
     reason: jax.Array
     best_z: Matrix
@@ -169,24 +127,25 @@ class _Carry(NamedTuple):
     trace: jax.Array
 
 
-def _step_rules(
-    rules: tuple[Rule, ...], f: FlatMap, c: _Carry
+def _step_methods(
+    methods: tuple[Method, ...], f: FlatMap, c: _Carry, stopping: Stopping
 ) -> tuple[Matrix, Matrix, tuple, jax.Array]:
-    """One step of each row's rule. With a fallback, each rule steps only when one of its
-    rows is active (a step evaluates ``f`` on the whole batch), and rows take their own."""
-    if len(rules) == 1:
-        z, fz, state, fevals = rules[0].step(f, c.z, c.fz, c.states[0], c.active)
+    """One step of each row's method. With a fallback, each method steps only when one of
+    its rows is active (a step evaluates ``f`` on the whole batch), and rows take their own."""
+    if len(methods) == 1:
+        z, fz, state, fevals = methods[0].step(f, c.z, c.fz, c.states[0], c.active, stopping)
         return z, fz, (state,), fevals
 
     def run(which: tuple[bool, ...]) -> Callable[[None], tuple]:
         def branch(_: None) -> tuple:
             z, fz = c.z, c.fz
             states, fevals = list(c.states), jnp.zeros_like(c.steps)
-            for i, rule in enumerate(rules):
+            for i, method in enumerate(methods):
                 if not which[i]:
                     continue
                 mine = c.active & (c.phase == i)
-                z_i, fz_i, states[i], fevals_i = rule.step(f, c.z, c.fz, c.states[i], mine)
+                z_i, fz_i, states[i], fevals_i = method.step(
+                    f, c.z, c.fz, c.states[i], mine, stopping)
                 z, fz = _rows(mine, z_i, z), _rows(mine, fz_i, fz)
                 fevals = jnp.where(mine, fevals_i, fevals)
             return z, fz, tuple(states), fevals
@@ -200,35 +159,37 @@ def _step_rules(
 
 
 def iterate(
-    rule: Rule, f: FlatMap, z0: Matrix, options: LoopOptions, fallback: Optional[Rule] = None,
-    prior: Any = None,
+    method: Method, f: FlatMap, z0: Matrix, stopping: Stopping,
+    fallback: Optional[Method] = None, prior: Any = None,
 ) -> tuple[Matrix, Stats, Any]:
-    """Solve ``z = f(z)`` row by row from ``z0``; return the best rows, per-row
-    :class:`Stats` and the rule's final state.
+    """Solve ``z = f(z)`` row by row from ``z0`` by ``method`` under ``stopping``; return
+    the best rows, per-row :class:`Stats` and the method's final state.
 
-    With ``fallback`` (a :class:`Rule` with ``restart``), rows that stall, diverge or go
-    non-finite under ``rule`` restart from their best iterate under ``fallback``. With
-    ``prior`` (a final state of an earlier solve), ``rule`` starts with ``rule.warm``.
+    With ``fallback`` (a :class:`~solvers.method.Restartable` method), rows that stall,
+    diverge or go non-finite under ``method`` restart from their best iterate under it.
+    With ``prior`` (a final state of an earlier solve), ``method`` starts with its ``warm``
+    (it must be :class:`~solvers.method.WarmStartable`).
     """
-    rules = (rule,) if fallback is None else (rule, fallback)
+    methods = (method,) if fallback is None else (method, fallback)
     batch = z0.shape[0]
     fz0 = f(z0)
     abs0, rel0 = residuals(z0, fz0)
-    res0 = abs0 if options.stop_mode == "abs" else rel0
-    trace = jnp.zeros((batch, options.max_iter + 1), res0.dtype).at[:, 0].set(res0)
-    window = max(options.stall_window, 1)
+    res0 = abs0 if stopping.stop_mode == "abs" else rel0
+    trace = jnp.zeros((batch, stopping.max_iter + 1), res0.dtype).at[:, 0].set(res0)
+    window = max(stopping.window, 1)
     finite0 = jnp.isfinite(res0)
     reason0 = jnp.where(
-        ~finite0, Reason.NONFINITE, jnp.where(res0 <= options.tol, Reason.CONVERGED, Reason.MAX_ITER)
+        ~finite0, Reason.NONFINITE, jnp.where(res0 <= stopping.tol, Reason.CONVERGED, Reason.MAX_ITER)
     ).astype(jnp.int32)
     carry = _Carry(
         k=jnp.zeros((), jnp.int32),
         z=z0,
         fz=fz0,
-        states=(rule.init(z0, fz0) if prior is None else rule.warm(prior, z0, fz0),
-                *(_full_size(r, r.init(z0, fz0)) for r in rules[1:])),
+        states=(method.init(z0, fz0, stopping) if prior is None
+                else method.warm(prior, z0, fz0, stopping),
+                *(_full_size(m, m.init(z0, fz0, stopping), stopping) for m in methods[1:])),
         phase=jnp.zeros((batch,), jnp.int32),
-        active=finite0 & (res0 > options.tol),
+        active=finite0 & (res0 > stopping.tol),
         reason=reason0,
         best_z=z0,
         best_fz=None if fallback is None else fz0,
@@ -241,15 +202,15 @@ def iterate(
         fevals=jnp.ones((batch,), jnp.int32),
         trace=trace,
     )
-    stall_on = options.stall_window > 0 and options.tol > 0
+    stall_on = stopping.window > 0 and stopping.tol > 0
 
     def body(c: _Carry) -> _Carry:
-        z_new, fz_new, states, fevals = _step_rules(rules, f, c)
+        z_new, fz_new, states, fevals = _step_methods(methods, f, c, stopping)
         abs_new, rel_new = residuals(z_new, fz_new)
-        res_new = abs_new if options.stop_mode == "abs" else rel_new
+        res_new = abs_new if stopping.stop_mode == "abs" else rel_new
         finite = jnp.isfinite(abs_new) & jnp.isfinite(res_new)
         move = c.active & finite
-        converged_now = (res_new <= options.tol) & (abs_new < c.guards.initial)
+        converged_now = (res_new <= stopping.tol) & (abs_new < c.guards.initial)
         improved = move & (
             ((res_new < c.best) & (abs_new < c.best_abs)) | (converged_now & (res_new < c.best))
         )
@@ -262,16 +223,16 @@ def iterate(
         age = g.age + 1
         slot = k % window
         before = lax.dynamic_slice_in_dim(g.window, slot, 1, axis=1)[:, 0]
-        stalled = (age >= window) & (lowest > before * (1 - options.stall_tol))
+        stalled = (age >= window) & (lowest > before * (1 - stopping.stall_tol))
         stalled = stalled & stall_on
-        diverged = finite & (abs_new > options.divergence_factor * g.initial)
+        diverged = finite & (abs_new > stopping.divergence_factor * g.initial)
         guards = _Guards(g.initial, lowest,
                          lax.dynamic_update_slice_in_dim(g.window, lowest[:, None], slot, axis=1),
                          age)
-        failed = c.active & (~finite | diverged | stalled) & (best > options.tol)
+        failed = c.active & (~finite | diverged | stalled) & (best > stopping.tol)
         why = jnp.where(~finite, Reason.NONFINITE, jnp.where(diverged, Reason.DIVERGED,
                                                              Reason.STALLED)).astype(jnp.int32)
-        converged = c.active & (best <= options.tol)
+        converged = c.active & (best <= stopping.tol)
         new = _Carry(
             k=k,
             z=_rows(move, z_new, c.z),
@@ -294,24 +255,24 @@ def iterate(
             return new
         return _switch_to_fallback(new, failed & (c.phase == 0), fallback, window)
 
-    carry = _run_growing(rule, body, carry, options)
-    columns = jnp.arange(options.max_iter + 1)
+    carry = _run_growing(method, body, carry, stopping)
+    columns = jnp.arange(stopping.max_iter + 1)
     trace = jnp.where(columns[None, :] > carry.k, carry.best[:, None], carry.trace)
     stats = Stats(
         steps=carry.steps,
         fevals=carry.fevals,
         abs_residual=carry.best_abs,
         rel_residual=carry.best_rel,
-        converged=carry.best <= options.tol,
+        converged=carry.best <= stopping.tol,
         trace=trace,
         reason=carry.reason,
     )
     return carry.best_z, stats, carry.states[0]
 
 
-def _full_size(rule: Rule, state: Any) -> Any:
+def _full_size(method: Method, state: Any, stopping: Stopping) -> Any:
     """``state`` grown to its full size (for loops that cannot grow it on the way)."""
-    while rule.grow is not None and (bigger := rule.grow(state)) is not None:
+    while isinstance(method, Growable) and (bigger := method.grow(state, stopping)) is not None:
         state = bigger
     return state
 
@@ -321,36 +282,37 @@ def _with_state(c: _Carry, state: Any) -> _Carry:
 
 
 def _run_growing(
-    rule: Rule, body: Callable[[_Carry], _Carry], carry: _Carry, options: LoopOptions
+    method: Method, body: Callable[[_Carry], _Carry], carry: _Carry, stopping: Stopping
 ) -> _Carry:
     """Run ``body`` until every row stops or ``max_iter`` iterations, growing the first
-    rule's state (``Rule.room``, ``Rule.grow``) whenever it is full and a row is active.
+    method's state (:class:`~solvers.method.Growable`) whenever it is full and a row is
+    active.
 
     A fixed-length loop (a ``lax.scan``, for reverse mode) cannot change its carry's
     shapes, so there the state starts at full size.
     """
 
     def grown(c: _Carry) -> Optional[_Carry]:
-        bigger = rule.grow(c.states[0]) if rule.grow is not None else None
+        bigger = method.grow(c.states[0], stopping) if isinstance(method, Growable) else None
         return None if bigger is None else _with_state(c, bigger)
 
-    if options.fixed_length:
-        carry = _with_state(carry, _full_size(rule, carry.states[0]))
-        return bounded_while(lambda c: jnp.any(c.active), body, carry, options.max_iter, True)
+    if stopping.fixed_length:
+        carry = _with_state(carry, _full_size(method, carry.states[0], stopping))
+        return bounded_while(lambda c: jnp.any(c.active), body, carry, stopping.max_iter, True)
 
     def run(c: _Carry) -> _Carry:
         full = grown(c) is None  # decided from shapes, while tracing
 
         def going(c: _Carry) -> jax.Array:
-            going = jnp.any(c.active) & (c.k < options.max_iter)
-            return going if full else going & rule.room(c.states[0])
+            going = jnp.any(c.active) & (c.k < stopping.max_iter)
+            return going if full else going & method.room(c.states[0])
 
-        return bounded_while(going, body, c, options.max_iter, False)
+        return bounded_while(going, body, c, stopping.max_iter, False)
 
     carry = run(carry)
     while grown(carry) is not None:
         carry = lax.cond(
-            jnp.any(carry.active) & (carry.k < options.max_iter),
+            jnp.any(carry.active) & (carry.k < stopping.max_iter),
             lambda c: run(grown(c)),
             grown,
             carry,
@@ -358,8 +320,10 @@ def _run_growing(
     return carry
 
 
-def _switch_to_fallback(c: _Carry, rows: jax.Array, fallback: Rule, window: int) -> _Carry:
-    """Rows ``rows`` restart from their best iterate under the fallback rule (phase 1),
+def _switch_to_fallback(
+    c: _Carry, rows: jax.Array, fallback: Restartable, window: int
+) -> _Carry:
+    """Rows ``rows`` restart from their best iterate under the fallback method (phase 1),
     with fresh guards and their iteration budget unchanged."""
     z, fz = _rows(rows, c.best_z, c.z), _rows(rows, c.best_fz, c.fz)
     states = (c.states[0], fallback.restart(c.states[1], z, fz, rows))

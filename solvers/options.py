@@ -1,123 +1,304 @@
-"""Declared solver options, checked when a solver is built, not inside a trace.
+"""Typed options: declared once as fields of a frozen dataclass, checked by one validator.
 
-A solver declares each option it accepts as an :class:`Option`: a default, the
-Python types it takes and a predicate on the value. :func:`resolve` fills in the
-defaults and rejects unknown names (``TypeError``), wrong types (``TypeError``)
-and bad values (``ValueError``), each message naming the option and the solver.
+A value whose settings are options (a solver's method, its stopping rule, a Krylov
+solver, a gradient mode, a command line's configuration) is a frozen dataclass whose
+fields are declared with :func:`option`: a default, a :class:`Check` of the value and a
+line of help. The field's type annotation says what Python types it takes:
+
+    @dataclasses.dataclass(frozen=True)
+    class Broyden(solvers.Method):
+        history: int = option(30, at_least(1), "rank-one terms kept")
+
+:func:`validate` checks every field of such a value against its annotation and its
+:class:`Check`, and raises an error that names the option, the owner, the rule and the
+value. :class:`Options`, the base of the toolkit's option values, runs it in
+``__post_init__`` and rejects unknown keyword names listing the valid ones, so a bad
+option fails where the value is built, never inside a trace. :func:`declared` describes
+the fields as :class:`Option` records, for ``--help`` texts and documentation.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+import numbers
+import types
+import typing
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+__all__ = [
+    "Check",
+    "Option",
+    "OptionError",
+    "Options",
+    "above",
+    "at_least",
+    "between",
+    "check_names",
+    "declared",
+    "option",
+    "one_of",
+    "parse_assignments",
+    "validate",
+]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule on an option's value: ``test(value)`` must hold; ``valid`` states it in words."""
+
+    test: Callable[[Any], bool]
+    valid: str
+    choices: Optional[tuple] = None  # the allowed values, when the rule is a finite set
+
+
+def at_least(low: float) -> Check:
+    """``value ≥ low``."""
+    return Check(lambda v: v >= low, f">= {low:g}")
+
+
+def above(low: float) -> Check:
+    """``value > low``."""
+    return Check(lambda v: v > low, f"> {low:g}")
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """``value`` in the interval from ``low`` to ``high`` (closed ends unless told open)."""
+
+    def test(v: Any) -> bool:
+        return (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+
+    return Check(test, f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+def one_of(*values: Any) -> Check:
+    """``value`` is one of ``values``."""
+    return Check(lambda v: v in values, f"one of {', '.join(map(repr, values))}", values)
+
+
+def option(
+    default: Any, check: Optional[Check] = None, doc: str = "", *, kw_only: bool = False,
+    **metadata: Any,
+) -> Any:
+    """A dataclass field holding an option: its ``default``, its :class:`Check` (``None``:
+    any value of the annotated type) and its help line ``doc``; extra ``metadata`` (for
+    example how a command line spells it) is kept with them. ``kw_only`` makes it a
+    keyword-only argument of the constructor."""
+    return dataclasses.field(default=default, kw_only=kw_only,
+                             metadata={"check": check, "doc": doc, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
 class Option:
-    """One option: its ``default``, accepted ``types``, and the rule ``check`` that ``valid`` states."""
+    """What one option is, read off its field: for ``--help`` texts and documentation.
 
+    Attributes:
+      name: the field name (the keyword of the constructor and of ``solvers.get``).
+      default: its default value.
+      types: the Python types it takes (``type(None)`` for an optional one).
+      valid: the rule its values obey, in words (``"an integer >= 1"``).
+      doc: one line of help.
+      choices: the allowed values when they are a finite set, else ``None``.
+    """
+
+    name: str
     default: Any
     types: tuple[type, ...]
-    check: Callable[[Any], bool]
     valid: str
-    doc: str = ""
+    doc: str
+    choices: Optional[tuple] = None
 
 
-def positive_int(default: int, doc: str = "") -> Option:
-    return Option(default, (int,), lambda v: v >= 1, "an integer >= 1", doc)
+class OptionError(Exception):
+    """Raised (as a :class:`OptionTypeError` or :class:`OptionValueError`) for an option that
+    breaks its declaration; ``option``, ``rule`` and ``value`` say which, what and what not."""
+
+    def __init__(self, message: str, option: str, rule: str, value: Any) -> None:
+        super().__init__(message)
+        self.option, self.rule, self.value = option, rule, value
 
 
-def nonnegative_int(default: int, doc: str = "") -> Option:
-    return Option(default, (int,), lambda v: v >= 0, "an integer >= 0", doc)
+class OptionTypeError(OptionError, TypeError):
+    """An option of the wrong type (or an unknown option name)."""
 
 
-def positive_float(default: float, doc: str = "") -> Option:
-    return Option(
-        default, (int, float), lambda v: math.isfinite(v) and v > 0, "a finite number > 0", doc
-    )
+class OptionValueError(OptionError, ValueError):
+    """An option of the right type whose value breaks its rule."""
 
 
-def unit_interval(default: float, doc: str = "") -> Option:
-    return Option(default, (int, float), lambda v: 0 <= v < 1, "a number in [0, 1)", doc)
+@functools.cache
+def _hints(cls: type) -> Mapping[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-def flag(default: bool, doc: str = "") -> Option:
-    return Option(default, (bool,), lambda v: True, "a bool", doc)
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
 
 
-def choice(default: Any, values: tuple, doc: str = "") -> Option:
-    types = tuple({type(v) for v in values})
-    return Option(default, types, lambda v: v in values, f"one of {values!r}", doc)
+def _types(hint: Any) -> tuple[type, ...]:
+    """The runtime classes an annotation admits (``float`` admits ``int`` too)."""
+    found: list[type] = []
+    for alternative in _alternatives(hint):
+        origin = typing.get_origin(alternative) or alternative
+        if alternative is float:
+            found += [int, float]
+        elif isinstance(origin, type):
+            found.append(origin)
+    return tuple(dict.fromkeys(found))
 
 
-COMMON_OPTIONS: dict[str, Option] = {
-    "max_iter": positive_int(50, "iteration limit"),
-    "tol": Option(
-        1e-5, (int, float), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
-        "stop when the stop-mode residual is <= tol (0: never stop early; run max_iter "
-        "iterations unless a sample diverges or reaches an exact fixed point)",
-    ),
-    "stop_mode": choice("rel", ("abs", "rel"), "'abs': ‖f(z)−z‖; 'rel': ‖f(z)−z‖/‖f(z)‖"),
-    "batch_axis": Option(
-        None,
-        (type(None), int),
-        lambda v: v is None or v == 0,
-        "None (one system) or 0 (independent per-sample systems)",
-        "None: the whole pytree is one system; 0: per-sample systems along axis 0",
-    ),
-    "stall_window": nonnegative_int(
-        80,
-        "stop a sample whose best residual fell by less than stall_tol over this many "
-        "iterations (0 disables); Broyden's best residual can stay flat for tens of "
-        "iterations before it falls again",
-    ),
-    "stall_tol": unit_interval(1e-3, "relative progress that counts as not stalled"),
-    "divergence_factor": positive_float(
-        1e4, "stop a sample whose residual exceeds this multiple of its initial residual"
-    ),
-    "fixed_length": flag(
-        False,
-        "run exactly max_iter iterations in lax.scan (stopped samples frozen) so that "
-        "reverse-mode autodiff can differentiate through the iterations",
-    ),
-    "fallback": Option(
-        None,
-        (type(None), str),
-        lambda v: v is None or bool(v),
-        "None or the name of a registered solver",
-        "a solver that takes over a sample that stalls, diverges or goes non-finite, from "
-        "its best iterate, within the same max_iter (e.g. 'fixed_point')",
-    ),
-}
+def _type_words(hint: Any) -> str:
+    words = {int: "an integer", float: "a finite number", bool: "a bool", str: "a string",
+             type(None): "None"}
+    parts = []
+    for alternative in _alternatives(hint):
+        origin = typing.get_origin(alternative) or alternative
+        parts.append(words.get(origin, getattr(origin, "__name__", str(origin))))
+    return " or ".join(dict.fromkeys(parts))
 
 
-def _type_name(types: tuple[type, ...]) -> str:
-    return " or ".join(t.__name__ for t in types)
+def _is_instance(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the annotated type: ``bool`` is not an ``int``, any real number
+    (NumPy's too) is a ``float`` and any integral one an ``int``, and an annotation that is
+    not a class (``Callable``) admits any callable."""
+    for alternative in _alternatives(hint):
+        origin = typing.get_origin(alternative) or alternative
+        if alternative is Any:
+            return True
+        if origin is float:
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                return True
+        elif origin is int:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                return True
+        elif origin in (Callable, typing.get_origin(Callable[..., Any])):
+            if callable(value):
+                return True
+        elif isinstance(origin, type) and isinstance(value, origin):
+            return True
+    return False
 
 
-def resolve(solver: str, declared: Mapping[str, Option], given: Mapping[str, Any]) -> dict:
-    """Return ``given`` completed with defaults, after checking every name, type and value."""
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise TypeError(
-            f"solver {solver!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(sorted(declared))}"
+def _owner(cls: type) -> str:
+    describe = getattr(cls, "describe", None)
+    return describe() if callable(describe) else cls.__name__
+
+
+def validate(value: Any) -> None:
+    """Check every field of the dataclass ``value`` against its annotation and its
+    :class:`Check`; a number given for a ``float`` (``int``) field is stored as a Python
+    ``float`` (``int``).
+
+    Raises:
+      OptionTypeError: a value of the wrong type (a ``TypeError``), naming the option.
+      OptionValueError: a value that breaks the field's rule (a ``ValueError``).
+    """
+    hints = _hints(type(value))
+    owner = _owner(type(value))
+    for field in dataclasses.fields(value):
+        if not field.init:
+            continue
+        hint, given = hints[field.name], getattr(value, field.name)
+        check: Optional[Check] = field.metadata.get("check")
+        if not _is_instance(given, hint):
+            rule = (check.valid if check is not None and check.choices
+                    else _type_words(hint) + (f" {check.valid}" if check else ""))
+            raise OptionTypeError(
+                f"option {field.name!r} of {owner} must be {rule}, got {given!r} of type "
+                f"{type(given).__name__}", field.name, rule, given,
+            )
+        alternatives = _alternatives(hint)
+        if float in alternatives and isinstance(given, numbers.Real) and not isinstance(
+                given, bool):
+            if not math.isfinite(given):
+                rule = "a finite number"
+                raise OptionValueError(
+                    f"option {field.name!r} of {owner} must be {rule}, got {given!r}",
+                    field.name, rule, given,
+                )
+            given = float(given)
+        elif int in alternatives and isinstance(given, numbers.Integral):
+            given = int(given)
+        object.__setattr__(value, field.name, given)  # Python numbers: stable hashes
+        if check is not None and given is not None and not check.test(given):
+            rule = check.valid if check.choices else f"{_type_words(hint)} {check.valid}"
+            raise OptionValueError(
+                f"option {field.name!r} of {owner} must be {rule}, got {given!r}",
+                field.name, rule, given,
+            )
+
+
+def declared(cls: type) -> dict[str, Option]:
+    """The :class:`Option` of every constructor field of the dataclass ``cls``, in order."""
+    hints = _hints(cls)
+    described = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        check: Optional[Check] = field.metadata.get("check")
+        hint = hints[field.name]
+        valid = _type_words(hint) + (f" {check.valid}" if check and not check.choices else "")
+        if check is not None and check.choices:
+            valid = check.valid
+        described[field.name] = Option(
+            field.name, field.default, _types(hint), valid, field.metadata.get("doc", ""),
+            check.choices if check is not None else None,
         )
-    resolved = {}
-    for name, option in declared.items():
-        value = given.get(name, option.default)
-        # bool is an int subclass: accept it only where a bool is declared.
-        if not isinstance(value, option.types) or (
-            isinstance(value, bool) and bool not in option.types
-        ):
-            raise TypeError(
-                f"option {name!r} of solver {solver!r} must be {option.valid} "
-                f"({_type_name(option.types)}), got {value!r} of type {type(value).__name__}"
-            )
-        if not option.check(value):
-            raise ValueError(
-                f"option {name!r} of solver {solver!r} must be {option.valid}, got {value!r}"
-            )
-        resolved[name] = value
-    return resolved
+    return described
+
+
+def check_names(given: Iterable[str], known: Iterable[str], owner: str) -> None:
+    """Raise :class:`OptionTypeError` if ``given`` holds a name that is not ``known``,
+    listing the valid ones."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        rule = f"one of {', '.join(sorted(known))}"
+        raise OptionTypeError(
+            f"{owner} got unknown option(s) {', '.join(map(repr, unknown))}; valid options: "
+            f"{', '.join(sorted(known))}", unknown[0], rule, unknown[0],
+        )
+
+
+class Options:
+    """Base of a frozen dataclass of options: every field is checked when the value is built
+    (:func:`validate`), and an unknown keyword raises a ``TypeError`` listing the valid ones.
+
+    A subclass may override :meth:`describe` to name itself in error messages and may extend
+    ``__post_init__`` for checks that involve several fields.
+    """
+
+    @classmethod
+    def describe(cls) -> str:
+        """How error messages name this kind of value (default: the class name)."""
+        return cls.__name__
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if dataclasses.is_dataclass(cls):
+            check_names(kwargs, (f.name for f in dataclasses.fields(cls) if f.init),
+                        cls.describe())
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def parse_assignments(text: str) -> dict[str, Any]:
+    """``"history=4,line_search=True"`` as ``{"history": 4, "line_search": True}``: how a
+    command line spells options (values are Python literals; anything else is a string).
+    ``""`` is no options. Raises ``ValueError`` naming an item that is not ``KEY=VALUE``."""
+    parsed: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        parsed[key.strip()] = value
+    return parsed

@@ -1,37 +1,38 @@
-"""The solver registry: solvers chosen by name.
+"""The solver registry: names for methods. The only global mutable state of the toolkit.
 
-``get(name, **options)`` builds a :class:`solvers.Solver`; ``register(name, factory)``
-adds a solver, where ``factory(**options)`` returns one (:func:`solvers.rule_solver`
-makes such factories). The registry is the only global mutable state of the toolkit.
+A name maps to a :class:`solvers.Method` subclass (``register("broyden", Broyden)``), whose
+fields are the options ``solvers.get(name, ...)`` accepts besides the common ones, or to
+a factory ``factory(**options) -> Solver`` for a solver that is more than a method with
+options. :func:`lookup` hands the entry to :mod:`solvers.solver`, which builds the value;
+this module knows nothing of :class:`solvers.Solver`, so the two never import each other.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Union
 
-from solvers.options import Option
-from solvers.solver import Solver
+from solvers.method import Method
 
-SolverFactory = Callable[..., Solver]
+Entry = Union[type[Method], Callable[..., Any]]
+"""What a name stands for: a :class:`Method` subclass, or a factory of solvers."""
 
-_REGISTRY: dict[str, SolverFactory] = {}
+_REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, factory: SolverFactory, *, overwrite: bool = False) -> None:
-    """Register ``factory`` under ``name``; ``factory(**options)`` must return a :class:`Solver`.
-
-    Raises ``ValueError`` if ``name`` is taken and ``overwrite`` is false.
-    """
+def register(name: str, entry: Entry, *, overwrite: bool = False) -> None:
+    """Register ``entry`` (a :class:`Method` subclass, or ``factory(**options) -> Solver``)
+    under ``name``. Raises ``ValueError`` if ``name`` is taken and ``overwrite`` is false."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"a solver name must be a non-empty str, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"the factory for solver {name!r} must be callable, got {factory!r}")
+    if not callable(entry):
+        raise TypeError(
+            f"solver {name!r} must be registered as a Method subclass or a factory, got {entry!r}"
+        )
     if name in _REGISTRY and not overwrite:
         raise ValueError(
             f"a solver named {name!r} is already registered; pass overwrite=True to replace it"
         )
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = entry
 
 
 def unregister(name: str) -> None:
@@ -44,27 +45,11 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get(solver: Union[str, Solver], **options: Any) -> Solver:
-    """The solver named ``solver`` built with ``options`` (or a :class:`Solver` value with
-    ``options`` changed). Bad names and options fail here, eagerly: ``ValueError`` for an
-    unknown name (listing the registered ones), ``TypeError``/``ValueError`` for options."""
-    if isinstance(solver, Solver):
-        return solver.replace(**options) if options else solver
+def lookup(name: Any) -> Entry:
+    """What ``name`` stands for; ``ValueError`` listing the registered names otherwise."""
     try:
-        factory = _REGISTRY[solver]
+        return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown solver {solver!r}; available solvers: {', '.join(available())}"
+            f"unknown solver {name!r}; available solvers: {', '.join(available())}"
         ) from None
-    built = factory(**options)
-    if not isinstance(built, Solver):
-        raise TypeError(
-            f"the factory registered as {solver!r} returned {type(built).__name__}, not a Solver"
-        )
-    return built
-
-
-def declared(name: str) -> Mapping[str, Option]:
-    """The options the solver ``name`` accepts, each an :class:`Option` with its default,
-    type, valid values and help text (for command lines and documentation)."""
-    return MappingProxyType(dict(get(name).declared))

@@ -1,32 +1,38 @@
-"""A solver as a value: :class:`Solver` is a frozen ``(name, options, rule)`` that solves
-``z = f(z, *args)`` when called, and :func:`rule_solver` makes the factory of one.
+"""A solver as a value: :class:`Solver` is a frozen ``(method, stopping, batch_axis,
+fallback)`` that solves ``z = f(z, *args)`` when called; :func:`get` builds one from names.
 
-    solve = solvers.get("broyden", tol=1e-6)    # a Solver
-    sol = solve(f, z0, *args)                    # Solution(value, stats)
-    tighter = solve.replace(tol=1e-8)            # a new value; the old one is unchanged
+    solve = Solver(Broyden(history=10), Stopping(tol=1e-6), batch_axis=0)
+    solve == solvers.get("broyden", history=10, tol=1e-6, batch_axis=0)   # the same value
+    sol = solve(f, z0, *args)                          # Solution(value, stats)
+    tighter = solve.replace(tol=1e-8)                  # a new value; the old one is unchanged
 
-Every solver moves by a :class:`solvers.loop.Rule` inside the one shared loop, so all of
-them stop, freeze samples, track the best iterate and report statistics the same way.
-A user's solver is a value too: ``rule_solver("mine", declared, make_rule)(**options)``
-can be passed wherever a solver name can, without registering it.
+The method (:class:`solvers.Method`) says how to move and the stopping rule
+(:class:`solvers.Stopping`) when to stop; the shared loop (:mod:`solvers.loop`) runs every
+method the same way. A fallback is a solver value too (or a registry name, resolved
+here): its method takes over the samples that stall, diverge or go non-finite, with its
+own settings, in the same loop and so under this solver's stopping rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
+import solvers.options as declarations
 from solvers.flat import flat_view
-from solvers.loop import LoopOptions, Rule, iterate
-from solvers.options import COMMON_OPTIONS, Option, resolve
+from solvers.loop import iterate
+from solvers.method import Method, Restartable, WarmStartable
+from solvers.options import Option, Options, check_names, one_of, option
+from solvers.registry import lookup
+from solvers.stopping import Stopping
 from solvers.types import PyTree, Solution
 from solvers.validation import check_finite, check_map, check_state
 
-MakeRule = Callable[[Mapping[str, Any]], Rule]
+__all__ = ["COMMON_OPTIONS", "Solver", "compute_dtype", "declared", "get"]
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -36,119 +42,210 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class Solver:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Solver(Options):
     """A fixed-point solver: ``solver(f, z0, *args) -> Solution``.
 
     Attributes:
-      name: what the solver is called (its registry name for the built-in ones).
-      options: every option, defaults filled in and checked (read-only).
-      make_rule: ``make_rule(options) -> Rule``, how the solver moves.
-      declared: the options the solver accepts (:class:`solvers.options.Option` by name).
+      method: how the solver moves (:class:`solvers.Method`, e.g. ``Broyden(history=30)``).
+      stopping: when each sample stops (:class:`solvers.Stopping`).
+      batch_axis: ``None`` (the whole state is one system) or ``0`` (independent
+        per-sample systems with per-sample stopping, freezing and statistics).
+      fallback: ``None`` or the solver whose method takes over a sample that stalls,
+        diverges or goes non-finite, from its best iterate, within the same ``max_iter``.
+        Given as a :class:`Solver`, a :class:`solvers.Method` or a registry name; it is
+        kept as a :class:`Solver` with this one's stopping rule and batch axis, the ones it
+        runs under. Its method must be :class:`solvers.method.Restartable`.
 
-    Two solvers are equal when their name, options and rule agree; solvers hash, so
-    they can be static arguments of ``jax.jit``.
+    Solvers compare and hash by value, so ``jax.jit`` takes them as static arguments.
     """
 
-    name: str
-    options: Mapping[str, Any]
-    make_rule: MakeRule = dataclasses.field(repr=False)
-    declared: Mapping[str, Option] = dataclasses.field(repr=False, compare=False)
+    method: Method
+    stopping: Stopping = Stopping()
+    batch_axis: Optional[int] = option(
+        None, one_of(None, 0),
+        "None: the whole pytree is one system; 0: per-sample systems along axis 0",
+    )
+    fallback: Union[Solver, Method, str, None] = option(
+        None, None, "a solver (or registry name) that takes over a sample that stalls, "
+        "diverges or goes non-finite, from its best iterate, within the same max_iter",
+    )
 
-    def __hash__(self) -> int:
-        return hash((self.name, tuple(sorted(self.options.items())), self.make_rule))
-
-    def __repr__(self) -> str:
-        """``Solver('broyden', tol=1e-06)``: the name and the options that differ from the defaults."""
-        changed = "".join(
-            f", {k}={v!r}" for k, v in self.options.items()
-            if k not in self.declared or v != self.declared[k].default
-        )
-        return f"Solver({self.name!r}{changed})"
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fallback = self.fallback
+        if isinstance(fallback, str):
+            try:
+                fallback = get(fallback)
+            except ValueError as error:
+                raise ValueError(f"option 'fallback' of solver {self.name!r}: {error}") from None
+        elif isinstance(fallback, Method):
+            fallback = Solver(fallback)
+        if fallback is None:
+            return
+        if fallback.fallback is not None or not isinstance(fallback.method, Restartable):
+            why = ("has a fallback of its own" if fallback.fallback is not None
+                   else "cannot restart single samples")
+            raise ValueError(
+                f"option 'fallback' of solver {self.name!r}: solver {fallback.name!r} {why}, "
+                "so it cannot be a fallback"
+            )
+        if (fallback.stopping, fallback.batch_axis) != (self.stopping, self.batch_axis):
+            fallback = dataclasses.replace(fallback, stopping=self.stopping,
+                                           batch_axis=self.batch_axis)
+        object.__setattr__(self, "fallback", fallback)
 
     @property
-    def rule(self) -> Rule:
-        """The :class:`Rule` this solver runs in the shared loop."""
-        return self.make_rule(self.options)
+    def name(self) -> str:
+        """The method's name (its registry name for the built-in ones)."""
+        return self.method.name
 
     @property
-    def fallback(self) -> Optional[Solver]:
-        """The solver named by the ``fallback`` option, sharing this one's common options."""
-        name = self.options.get("fallback")
-        if name is None:
-            return None
-        from solvers.registry import get  # the registry holds this module's values
+    def options(self) -> Mapping[str, Any]:
+        """Every option by name, read-only, as :func:`get` and :meth:`replace` spell them
+        (for display and command lines; the fields are the values to use)."""
+        own = {name: getattr(self, name) for name in _OWN}
+        return MappingProxyType({
+            **_field_values(self.stopping), **own, **_field_values(self.method),
+        })
 
-        shared = {k: v for k, v in self.options.items() if k in COMMON_OPTIONS}
-        return get(name, **{**shared, "fallback": None})
+    @property
+    def declared(self) -> Mapping[str, Option]:
+        """The :class:`solvers.Option` of every option this solver takes, read off the
+        fields of :class:`Stopping`, of this class and of its method."""
+        return MappingProxyType({**COMMON_OPTIONS, **declarations.declared(type(self.method))})
 
     def replace(self, **options: Any) -> Solver:
-        """This solver with some options changed (checked like the originals)."""
-        return self.reset(**{**self.options, **options})
+        """This solver with the options ``options`` (flat names, as :func:`get` takes them)
+        changed and every other one kept, each checked like the originals."""
+        if not options:
+            return self
+        method, stopping, own = _split(type(self.method), options)
+        return dataclasses.replace(
+            self, method=dataclasses.replace(self.method, **method) if method else self.method,
+            stopping=dataclasses.replace(self.stopping, **stopping) if stopping else self.stopping,
+            **own,
+        )
 
-    def reset(self, **options: Any) -> Solver:
-        """This solver with every option at its default except ``options``."""
-        resolved = MappingProxyType(resolve(self.name, self.declared, options))
-        solver = dataclasses.replace(self, options=resolved)
-        fallback = solver.fallback  # an unknown name fails here, as any bad option does
-        if fallback is not None and fallback.rule.restart is None:
-            raise ValueError(
-                f"option 'fallback' of solver {self.name!r}: solver {fallback.name!r} cannot "
-                "restart single samples, so it cannot be a fallback"
-            )
-        return solver
+    def check(self, f: Callable[..., PyTree], z0: PyTree, args: tuple) -> None:
+        """The checks at the boundary, once per solve and at trace time: ``z0`` is a state
+        (floating leaves, one batch size with ``batch_axis=0``), concrete inputs are finite,
+        and ``f(z0, *args)`` has the structure, shapes and dtypes of ``z0`` (traced
+        abstractly). Each error names the offending leaf."""
+        check_state(z0, self.batch_axis)
+        check_finite(z0, "z0")
+        for i, arg in enumerate(args):
+            check_finite(arg, f"args[{i}]")
+        check_map(f, z0, args)
 
     def __call__(self, f: Callable[..., PyTree], z0: PyTree, *args: PyTree) -> Solution:
         """Solve ``z = f(z, *args)`` from ``z0``; return the best iterate and its statistics."""
+        self.check(f, z0, args)
         return self.run(f, z0, args)[0]
 
     def run(
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, prior: Any = None
     ) -> tuple[Solution, Any]:
-        """Like calling the solver, and also return the rule's final state; with ``prior``
-        (such a state from an earlier, related solve) the rule starts warm from it
-        (``Rule.warm``; ``ValueError`` if the rule cannot)."""
-        if prior is not None and self.rule.warm is None:
+        """The solve without the boundary checks (for callers that ran :meth:`check`), with
+        the method's final state; with ``prior`` (such a state from an earlier, related
+        solve) a :class:`~solvers.method.WarmStartable` method starts from it."""
+        if prior is not None and not isinstance(self.method, WarmStartable):
             raise ValueError(f"solver {self.name!r} cannot start from an earlier solve's state")
-        batch_axis = self.options["batch_axis"]
-        check_state(z0, batch_axis)
-        check_finite(z0, "z0")
-        for i, arg in enumerate(args):
-            check_finite(arg, f"args[{i}]")
-        check_map(f, z0, args)
-        view = flat_view(z0, batch_axis)
+        view = flat_view(z0, self.batch_axis)
         work = compute_dtype(view.dtype)
 
         def f_matrix(matrix: jax.Array) -> jax.Array:
             return view.to_matrix(f(view.from_matrix(matrix), *args)).astype(work)
 
-        loop_options = LoopOptions(**{k: self.options[k] for k in LoopOptions._fields})
-        fallback = self.fallback
         best, stats, state = iterate(
-            self.rule, f_matrix, view.to_matrix(z0).astype(work), loop_options,
-            None if fallback is None else fallback.rule, prior,
+            self.method, f_matrix, view.to_matrix(z0).astype(work), self.stopping,
+            None if self.fallback is None else self.fallback.method, prior,
         )
-        if batch_axis is None:
+        if self.batch_axis is None:
             stats = jax.tree_util.tree_map(lambda s: s[0], stats)
         return Solution(view.from_matrix(best), stats), state
 
+    def __repr__(self) -> str:
+        """``Solver(Broyden(history=7), Stopping(tol=1e-06))``: what differs from the defaults."""
+        parts = [_short(self.method)]
+        if self.stopping != Stopping():
+            parts.append(_short(self.stopping))
+        if self.batch_axis is not None:
+            parts.append(f"batch_axis={self.batch_axis}")
+        if self.fallback is not None:
+            parts.append(f"fallback={_short(self.fallback.method)}")
+        return f"Solver({', '.join(parts)})"
 
-def rule_solver(
-    name: str, declared: Mapping[str, Option], make_rule: MakeRule
-) -> Callable[..., Solver]:
-    """The factory ``factory(**options) -> Solver`` of the solver ``name`` moving by ``make_rule``.
 
-    ``declared`` holds the rule's own options; the common ones
-    (:data:`solvers.options.COMMON_OPTIONS`) are added. Options are checked when the
-    factory is called: an unknown name or a wrong type raises ``TypeError``, a bad value
-    ``ValueError``, each naming the option and the solver.
+def _field_values(value: Any) -> dict[str, Any]:
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+
+
+def _short(value: Any) -> str:
+    """``Broyden(history=7)``: the class and the fields that differ from their defaults."""
+    changed = ", ".join(
+        f"{f.name}={getattr(value, f.name)!r}" for f in dataclasses.fields(value)
+        if f.init and getattr(value, f.name) != f.default
+    )
+    return f"{type(value).__name__}({changed})"
+
+
+_OWN = tuple(f.name for f in dataclasses.fields(Solver) if f.type not in ("Method", "Stopping"))
+"""The options a solver holds itself (beside its method's and its stopping rule's)."""
+
+COMMON_OPTIONS: Mapping[str, Option] = MappingProxyType({
+    **declarations.declared(Stopping),
+    **{name: declarations.declared(Solver)[name] for name in _OWN},
+})
+"""The options every solver takes: the stopping rule's, ``batch_axis`` and ``fallback``."""
+
+
+def _split(method: type[Method], options: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """``options`` (flat names) as ``(method fields, stopping fields, solver fields)``;
+    a name none of them has raises ``TypeError`` listing the valid ones."""
+    own = declarations.declared(method)
+    check_names(options, [*COMMON_OPTIONS, *own], method.describe())
+    parts: tuple[dict, dict, dict] = ({}, {}, {})
+    for name, value in options.items():
+        parts[0 if name in own else 2 if name in _OWN else 1][name] = value
+    return parts
+
+
+def _build(method: Union[type[Method], Method], options: Mapping[str, Any]) -> Solver:
+    """The solver of ``method`` (a class, built with its options, or a value, changed by
+    them) with ``options``."""
+    cls = method if isinstance(method, type) else type(method)
+    own, stopping, rest = _split(cls, options)
+    value = cls(**own) if isinstance(method, type) else dataclasses.replace(method, **own)
+    return Solver(value, Stopping(**stopping), **rest)
+
+
+def get(solver: Union[str, Solver, Method], **options: Any) -> Solver:
+    """The solver named ``solver`` with ``options`` (or a :class:`Solver` value with
+    ``options`` changed, or a :class:`solvers.Method` value run with them).
+
+    Options are flat names: the stopping rule's (``max_iter``, ``tol``, ...),
+    ``batch_axis``, ``fallback`` and the method's own (``history``, ...). Bad names and
+    options fail here, eagerly: ``ValueError`` for an unknown solver (listing the
+    registered ones), ``TypeError`` for an unknown option (listing the valid ones) or a
+    wrong type, ``ValueError`` for a value out of range.
     """
-    all_options = MappingProxyType({**COMMON_OPTIONS, **declared})
+    if isinstance(solver, Solver):
+        return solver.replace(**options)
+    if isinstance(solver, Method):
+        return _build(solver, options)
+    entry = lookup(solver)
+    if isinstance(entry, type) and issubclass(entry, Method):
+        return _build(entry, options)
+    built = entry(**options)
+    if not isinstance(built, Solver):
+        raise TypeError(
+            f"the factory registered as {solver!r} returned {type(built).__name__}, not a Solver"
+        )
+    return built
 
-    def factory(**options: Any) -> Solver:
-        return Solver(name, MappingProxyType({}), make_rule, all_options).reset(**options)
 
-    factory.__name__ = f"{name}_factory"
-    factory.__doc__ = f"Build the solver {name!r}; options: {', '.join(all_options)}."
-    factory.declared = all_options
-    return factory
+def declared(name: str) -> Mapping[str, Option]:
+    """The options the solver ``name`` accepts, each a :class:`solvers.Option` with its
+    default, types, valid values and help, derived from the dataclass fields."""
+    return get(name).declared

@@ -24,6 +24,7 @@ arguments, so checks of the same ``f`` on inputs of the same shapes compile once
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
@@ -78,10 +79,8 @@ class _Spec(NamedTuple):
 
 
 class _Config(NamedTuple):
-    solver: Union[str, Solver]
-    solver_options: tuple
-    reference_solver: Union[str, Solver]
-    reference_options: tuple
+    solver: Solver
+    reference: Solver  # the solver of the finite-difference solves
     backward: Mode
     loss: Optional[Callable[[PyTree], jax.Array]]
     unroll_steps: int
@@ -121,10 +120,7 @@ def _loss(config: _Config, z: PyTree, projection: PyTree) -> jax.Array:
 def _implicit(theta, others, z0, directions, projection, *, f, spec, config):
     def objective(theta: jax.Array) -> tuple[jax.Array, jax.Array]:
         solution = fixed_point(
-            f, z0, *_rebuild(theta, others, spec),
-            solver=config.solver,
-            solver_options=dict(config.solver_options),
-            backward=config.backward,
+            f, z0, *_rebuild(theta, others, spec), solver=config.solver, backward=config.backward,
         )
         return _loss(config, solution.value, projection), jnp.all(solution.stats.converged)
 
@@ -136,7 +132,7 @@ def _implicit(theta, others, z0, directions, projection, *, f, spec, config):
 
 @functools.partial(jax.jit, static_argnames=("f", "spec", "config"))
 def _finite_differences(theta, others, z0, directions, projection, step, *, f, spec, config):
-    solve = solvers.get(config.reference_solver, **dict(config.reference_options))
+    solve = config.reference
 
     def objective(theta: jax.Array) -> jax.Array:
         return _loss(config, solve(f, z0, *_rebuild(theta, others, spec)).value, projection)
@@ -158,10 +154,6 @@ def _unrolled(theta, others, z0, directions, projection, *, f, spec, config):
 
 def _relative_error(value: np.ndarray, reference: np.ndarray) -> float:
     return float(pytree.relative_error(value, reference))
-
-
-def _freeze(options: Mapping[str, Any]) -> tuple:
-    return tuple(sorted(options.items()))
 
 
 def check_fixed_point_grads(
@@ -189,12 +181,14 @@ def check_fixed_point_grads(
       loss: a scalar function of ``z*``; default: ``⟨c, z*⟩`` with a fixed random ``c``.
       solver, solver_options, backward: the configuration under test (``backward`` a
         mode value or name, as for :func:`implicit.fixed_point`; an approximate mode
-        such as ``"jfb"`` shows its error). ``tol`` defaults to
-        :func:`default_tolerance` of the state dtype, ``stop_mode`` to ``"abs"`` and
-        ``max_iter`` to 200.
-      reference_solver: the solver of the finite-difference solves (default:
-        ``solver``); they run with ``stop_mode="abs"``, ``tol=1e-14`` (float64
-        references) and ``max_iter=max(max_iter, 1000)``.
+        such as ``"jfb"`` shows its error). A solver given by name has ``tol``
+        :func:`default_tolerance` of the state dtype, ``stop_mode="abs"`` and
+        ``max_iter=200`` unless ``solver_options`` say otherwise; a :class:`solvers.Solver`
+        value keeps its own, changed by ``solver_options``.
+      reference_solver: the method of the finite-difference solves (default: the one of
+        ``solver``); they run with the solver's stopping rule and batch axis but
+        ``stop_mode="abs"``, ``tol=1e-14`` (float64 references; 1e-6 otherwise) and
+        ``max_iter=max(max_iter, 1000)``.
       unroll_steps: plain iterations of the unrolled reference; 0 skips it.
       fd_step: the central-difference step ``h`` (default: ``ε^(1/3)`` of the
         reference dtype, times ``max(1, max|θ|)``).
@@ -204,20 +198,19 @@ def check_fixed_point_grads(
     """
     state_dtype = jnp.result_type(*jax.tree_util.tree_leaves(z0))
     reference_dtype = np.dtype(np.float64) if _x64_enabled() else np.dtype(state_dtype)
-    solver_options = {
-        "tol": default_tolerance(state_dtype), "stop_mode": "abs", "max_iter": 200,
-        **(solver_options or {}),
-    }
+    if isinstance(solver, str):
+        solver = solvers.get(solver, tol=default_tolerance(state_dtype), stop_mode="abs",
+                             max_iter=200)
+    solver = solvers.get(solver, **(solver_options or {}))
     # Absolute residuals: a relative one is 0/0 at a fixed point z* = 0, and a
     # solve stopped on it returns garbage there. An unreachable tol is harmless:
     # the solve then stops when it stalls, with its best iterate.
-    reference_options = {
-        **solver_options,
-        "tol": 1e-14 if reference_dtype == np.float64 else 1e-6,
-        "stop_mode": "abs",
-        "max_iter": max(solver_options["max_iter"], 1000),
-    }
-    reference_options.pop("fixed_length", None)
+    stopping = dataclasses.replace(
+        solver.stopping, tol=1e-14 if reference_dtype == np.float64 else 1e-6, stop_mode="abs",
+        max_iter=max(solver.stopping.max_iter, 1000), fixed_length=False,
+    )
+    method = solver.method if reference_solver is None else solvers.get(reference_solver).method
+    reference = dataclasses.replace(solver, method=method, stopping=stopping)
 
     flat, treedef = jax.tree_util.tree_flatten(args)
     owners = [i for i, arg in enumerate(args) for _ in jax.tree_util.tree_leaves(arg)]
@@ -246,10 +239,7 @@ def check_fixed_point_grads(
     projection = jax.tree_util.tree_map(
         lambda leaf: rng.standard_normal(np.shape(leaf)), z0
     )
-    config = _Config(
-        solver, _freeze(solver_options), reference_solver or solver, _freeze(reference_options),
-        as_mode(backward), loss, unroll_steps,
-    )
+    config = _Config(solver, reference, as_mode(backward), loss, unroll_steps)
 
     def cast(tree: PyTree, dtype: Any) -> PyTree:
         return jax.tree_util.tree_map(

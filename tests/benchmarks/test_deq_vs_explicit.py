@@ -15,23 +15,26 @@ def _finite(value: object) -> bool:
 def test_quick_benchmark_prints_and_writes_both_tables(tmp_path, capsys) -> None:
     path = tmp_path / "deq_vs_explicit.json"
     result = deq_vs_explicit.main(["--quick", "--no-progress", "--json", str(path)])
-    rows = result["rows"]
-    assert [(r["depth"], r["model"]) for r in rows] == [(2, "deq"), (2, "explicit")]
-    assert rows[0]["params"] == rows[1]["params"]  # the same parameters, used two ways
-    for row in rows:
-        for key in ("valid_bpb", "tokens_per_s", "peak_bytes", "temp_bytes", "memory_ratio"):
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["deq", "transformer-1"]
+    deq, transformer = rows["deq"], rows["transformer-1"]
+    assert deq["params"] == transformer["params"]  # one layer: the DEQ's parameters exactly
+    for row in rows.values():
+        for key in ("valid_bpb", "tokens_per_s", "peak_bytes", "time_bpb"):
             assert _finite(row[key]), (key, row)
-        assert 0 < row["valid_bpb"] < 9
-        assert 1 <= row["solver_steps"] <= 2
-    assert rows[1]["memory_ratio"] == 1.0
-    budget = {r["model"]: r for r in result["budget_rows"]}
-    assert set(budget) == {"deq", "untied-1"}
-    for row in budget.values():
-        assert row["steps"] >= 1 and _finite(row["valid_bpb"]) and _finite(row["peak_bytes"])
-    assert _finite(budget["deq"]["forward_fevals"]) and budget["deq"]["forward_fevals"] >= 2
-    assert _finite(budget["deq"]["backward_vjps"]) and budget["untied-1"]["forward_fevals"] is None
-    assert any("mem" in c or "memory" in c for c in result["checks"])
+        assert 0 < row["valid_bpb"] < 9 and row["valid_bpb_spread"] == 0.0  # one seed
+        assert row["time_steps"] >= 2
+    assert deq["time_steps"] == deq["steps"] and deq["time_bpb"] == deq["valid_bpb"]
+    assert _finite(deq["forward_fevals"]) and deq["forward_fevals"] >= 2
+    assert _finite(deq["backward_vjps"]) and transformer["forward_fevals"] is None
+    assert result["budget_s"] > 0
+    assert any(c.startswith("equal steps: deq") and "transformer-1" in c
+               for c in result["checks"])
+    depth = result["depth_rows"]
+    assert [(r["depth"], r["model"]) for r in depth] == [(2, "deq"), (2, "unrolled")]
+    assert depth[0]["params"] == depth[1]["params"]  # the same parameters, used two ways
+    assert depth[1]["memory_ratio"] == 1.0 and _finite(depth[0]["memory_ratio"])
     table = capsys.readouterr().out
-    assert "| depth | model |" in table and "| 2 | deq |" in table
-    assert "| untied-1 |" in table and "fwd f-evals/step" in table
-    assert json.loads(path.read_text())["budget_rows"][0]["model"] == "deq"
+    assert "| model | params |" in table and "| deq |" in table and "| transformer-1 |" in table
+    assert "| 2 | unrolled |" in table and "valid bpb, equal time" in table
+    assert json.loads(path.read_text())["rows"][0]["model"] == "deq"

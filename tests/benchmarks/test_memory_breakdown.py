@@ -13,7 +13,7 @@ def test_quick_breakdown_orders_the_variants_and_writes_json(tmp_path, capsys) -
     path = tmp_path / "memory.json"
     result = memory_breakdown.main(["--quick", "--json", str(path)])
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["(defaults)", "--backward jfb", "--model explicit --depth 16"]
+    assert list(rows) == ["(defaults)", "--backward jfb", "--model unrolled --depth 16"]
     defaults, jfb, explicit = rows.values()
     assert defaults["delta_bytes"] == 0 and explicit["ratio"] == 1.0
     assert 0 < jfb["peak_bytes"] <= defaults["peak_bytes"]  # JFB keeps no adjoint state

@@ -24,8 +24,8 @@ from benchmarks import cli, overhead_floor
     ],
 )
 def test_buffer_stages_follow_broydens_growth(options, size, iterations, stages) -> None:
-    resolved = solvers.get("broyden", max_iter=500, **options).options
-    assert overhead_floor.buffer_stages(resolved, size, iterations) == stages
+    broyden = solvers.get("broyden", max_iter=500, **options)
+    assert overhead_floor.buffer_stages(broyden, size, iterations) == stages
 
 
 def test_faulted_bytes_counts_the_pages_a_call_maps_afresh() -> None:

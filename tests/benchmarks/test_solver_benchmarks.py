@@ -134,6 +134,9 @@ def test_write_results_writes_the_page_and_only_the_marked_readme_section(
         f"# title\n\nbefore\n\n{write_results.START}\nold\n{write_results.END}\n\nafter\n",
         encoding="utf-8",
     )
+    page.parent.mkdir()
+    page.write_text(f"# old page\n\nold table\n\n{write_results.NOTES_START}\n- a figure, and "
+                    f"its command\n{write_results.NOTES_END}\n", encoding="utf-8")
     write_results.main(["--readme", str(readme), "--output", str(page),
                         "--compare-json", paths["json"], "--backward-json", backward_json])
     text = readme.read_text(encoding="utf-8")
@@ -144,6 +147,9 @@ def test_write_results_writes_the_page_and_only_the_marked_readme_section(
     full = page.read_text(encoding="utf-8")
     assert "python -m benchmarks.compare_solvers" in full and "| broyden |" in full
     assert "| jfb |" in full
+    # The measured notes are carried over; the old tables are not.
+    assert "- a figure, and its command" in full and "old table" not in full
+    assert write_results.measured_notes(full) == "- a figure, and its command"
 
 
 def test_write_results_puts_the_deq_tables_between_their_own_markers(
@@ -152,14 +158,21 @@ def test_write_results_puts_the_deq_tables_between_their_own_markers(
     compare, paths, _ = compare_run
     _, backward_json = backward_run
     deq = {  # the shape of benchmarks.deq_vs_explicit's --json output
-        "rows": [{"depth": 2, "model": "deq", "params": 10, "valid_bpb": 3.25,
-                  "solver_steps": 1.5, "tokens_per_s": 100.0, "peak_bytes": 2**20,
-                  "temp_bytes": 2**19, "memory_ratio": 0.5, "backward_misses": 0}],
-        "budget_rows": [{"model": "untied-1", "params": 12, "steps": 7, "valid_bpb": 3.5,
-                         "tokens_per_s": 200.0, "peak_bytes": 2**21, "forward_fevals": None,
-                         "backward_vjps": None}],
-        "checks": ["depth 2: DEQ train-step peak memory is 0.50 of the explicit stack's"],
-        "settings": {"steps": 3, "batch_size": 4, "seq_len": 16, "budget": 2.0},
+        "rows": [{"model": "deq", "params": 10, "peak_bytes": 2**20, "tokens_per_s": 100.0,
+                  "forward_fevals": 3.0, "backward_vjps": 2.0, "valid_bpb": 3.25,
+                  "valid_bpb_spread": 0.01, "valid_bpb_text": "3.250 ± 0.010",
+                  "time_steps": 7, "time_bpb": 3.25},
+                 {"model": "transformer-1", "params": 10, "peak_bytes": 2**21,
+                  "tokens_per_s": 200.0, "forward_fevals": None, "backward_vjps": None,
+                  "valid_bpb": 3.5, "valid_bpb_spread": 0.02, "valid_bpb_text": "3.500 ± 0.020",
+                  "time_steps": 14, "time_bpb": 3.0}],
+        "depth_rows": [{"depth": 2, "model": "deq", "params": 10, "valid_bpb": 3.25,
+                        "forward_fevals": 1.5, "tokens_per_s": 100.0, "peak_bytes": 2**20,
+                        "memory_ratio": 0.5}],
+        "budget_s": 2.0,
+        "checks": ["memory: the DEQ's train step peaks at 1.0 MiB, 0.50 of transformer-2's"],
+        "settings": {"steps": 3, "batch_size": 4, "seq_len": 16, "seeds": [0],
+                     "depth_steps": 2},
         "machine": compare["machine"],
     }
     deq_json = tmp_path / "deq.json"
@@ -177,7 +190,8 @@ def test_write_results_puts_the_deq_tables_between_their_own_markers(
     text = readme.read_text(encoding="utf-8")
     section = text.split(write_results.DEQ_START)[1].split(write_results.DEQ_END)[0]
     assert "old" not in text and "\nmiddle\n" in text
-    assert "| 2 | deq |" in section and "| untied-1 |" in section and "0.50" in section
+    assert "| 2 | deq |" in section and "| transformer-1 |" in section and "0.50" in section
+    assert "3.500 ± 0.020" in section
     assert "| 2 | deq |" not in text.split(write_results.DEQ_START)[0]
     assert "## DEQ against explicit Transformers" in page.read_text(encoding="utf-8")
     readme.write_text("no deq markers\n" + text.split(write_results.DEQ_START)[0],

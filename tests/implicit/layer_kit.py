@@ -18,7 +18,7 @@ import pytest
 from jax import lax
 
 import solvers
-from implicit import Implicit, Phantom
+from implicit import GMRES, Implicit, Phantom
 
 D = 4
 UNROLL = 200
@@ -37,10 +37,10 @@ def unrolled(block: Callable, x: jax.Array) -> jax.Array:
 def check_solver_and_mode_are_values_built_once(deq: Callable, block: Callable) -> None:
     """``deq(block, solver=..., backward=..., **options)`` builds its solver and gradient
     mode once, as :class:`implicit.haiku.DEQ` does, and bad names fail at once."""
-    layer = deq(block, solver="anderson", backward=Implicit("gmres", tol=1e-7), max_iter=7,
+    layer = deq(block, solver="anderson", backward=Implicit(GMRES(tol=1e-7)), max_iter=7,
                 history=3)
     assert layer.solver == solvers.get("anderson", max_iter=7, history=3)
-    assert layer.backward == Implicit("gmres", tol=1e-7)
+    assert layer.backward == Implicit(GMRES(tol=1e-7))
     tight = solvers.get("broyden", tol=1e-9)
     assert deq(block, solver=tight, max_iter=9).solver == tight.replace(max_iter=9)
     assert deq(block, backward="phantom").backward == Phantom()

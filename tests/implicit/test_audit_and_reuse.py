@@ -141,7 +141,7 @@ def test_differentiating_an_unconverged_forward_solve_warns_and_solving_alone_do
         warnings.simplefilter("error")
         layer_loss(params, x, solver=short, backward="implicit")  # no derivative: no warning
         jax.effects_barrier()
-    for backward in (Implicit(max_iter=100), "phantom", "jfb"):
+    for backward in (Implicit(short.replace(max_iter=100)), "phantom", "jfb"):
         with pytest.warns(ForwardSolveWarning, match="forward solve with 'broyden'"):
             jax.jit(jax.grad(layer_loss), static_argnames=("solver", "backward"))(
                 params, x, solver=short, backward=backward)

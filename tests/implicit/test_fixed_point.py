@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from implicit import JFB, BackwardSolveWarning, Implicit, Phantom, fixed_point
+import solvers
+from implicit import GMRES, JFB, BackwardSolveWarning, Implicit, Phantom, fixed_point
 
 TIGHT = {"tol": 1e-12, "max_iter": 100}
 
@@ -86,11 +87,16 @@ def test_scalar_noncontractive_closed_form(x64):
 def test_linear_closed_form_every_backward_solver(x64, backward_solver):
     a, b, c = problem()
     _, u_ref, da_ref = closed_form(a, b, c)
-    options = {"fixed_point": {"max_iter": 400}, "anderson": {"tol": 1e-9}}.get(backward_solver, {})
+    # A name stands for the solver at its defaults under the forward stopping rule; a value
+    # says more (its own stopping rule).
+    backward = {
+        "fixed_point": Implicit(solvers.get("fixed_point", **{**TIGHT, "max_iter": 400})),
+        "anderson": Implicit(solvers.get("anderson", **{**TIGHT, "tol": 1e-9})),
+    }.get(backward_solver, Implicit(backward_solver))
 
     def loss(a, b):
         z = fixed_point(linear, jnp.zeros(4), a, b, solver_options=TIGHT,
-                        backward=Implicit(backward_solver, **options)).value
+                        backward=backward).value
         return c @ z
 
     da, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
@@ -301,34 +307,27 @@ def test_unknown_names_fail_at_call_time_listing_the_valid_ones():
         fixed_point(linear, z0, a, b, solver="newton")
     with pytest.raises(TypeError, match="max_iter"):
         fixed_point(linear, z0, a, b, solver_options={"maxiter": 3})
-    with pytest.raises(TypeError, match="valid options"):
-        Implicit("broyden", iters=3)
+    with pytest.raises(TypeError, match="valid options: monitor, reuse_inverse, solver"):
+        Implicit("broyden", iters=3)  # options belong to the solver value, not to the mode
     with pytest.raises(TypeError, match="restart"):
-        Implicit("gmres", restarts=3)
+        GMRES(restarts=3)
+    with pytest.raises(ValueError, match="'tol'"):
+        GMRES(tol=0.0)
+    with pytest.raises(TypeError, match="'solver'"):
+        Implicit(3)
     with pytest.raises(ValueError, match="damping"):
         Phantom(damping=1.5)
     with pytest.raises(ValueError, match="steps"):
         Phantom(steps=0)
-    # A name the default backward solver (the forward solver's kind) rejects fails at the call.
-    with pytest.raises(TypeError, match="valid options"):
-        fixed_point(linear, z0, a, b, backward=Implicit(iters=3))
+    with pytest.raises(TypeError, match="steps"):
+        Phantom(steps=2.5)
 
 
 def test_an_unregistered_solver_value_solves_and_differentiates(x64):
-    """A user's rule solver is passed as a value, forward and backward, without registering."""
-    from solvers import Option, Rule, rule_solver
+    """A user's method is passed as a value, forward and backward, without registering."""
+    from tests.solvers.test_solvers import Damped
 
-    def damped(options):
-        beta = options["beta"]
-
-        def step(f, z, fz, state, active):
-            z_new = (1 - beta) * z + beta * fz
-            return z_new, f(z_new), state, jnp.ones(z.shape[:1], jnp.int32)
-
-        return Rule(init=lambda z, fz: (), step=step)
-
-    solve = rule_solver("damped", {"beta": Option(0.5, (float,), lambda b: 0 < b <= 1, "")},
-                        damped)(beta=0.7, tol=1e-12, max_iter=500)
+    solve = solvers.Solver(Damped(beta=0.7), solvers.Stopping(tol=1e-12, max_iter=500))
     a, b, c = problem()
     z_ref, u_ref, _ = closed_form(a, b, c)
 
@@ -355,16 +354,16 @@ def test_maps_that_change_the_state_are_rejected_naming_the_leaf():
 def test_backward_nonconvergence_is_reported_inside_and_outside_jit():
     a, b, c = problem(rho=0.9)
 
-    def loss(b, backward_options):
+    def loss(b, backward_solver):
         return c @ fixed_point(linear, jnp.zeros(4), a, b, solver="fixed_point",
-                               backward=Implicit(**backward_options)).value
+                               backward=Implicit(backward_solver)).value
 
-    failing = jax.grad(lambda b: loss(b, {"max_iter": 2}))
+    failing = jax.grad(lambda b: loss(b, solvers.get("fixed_point", max_iter=2)))
     for grad in (failing, jax.jit(failing)):
         with pytest.warns(BackwardSolveWarning, match="'fixed_point' did not converge"):
             grad(b).block_until_ready()
             jax.effects_barrier()
     with warnings.catch_warnings():
         warnings.simplefilter("error", BackwardSolveWarning)
-        jax.jit(jax.grad(lambda b: loss(b, {})))(b).block_until_ready()
+        jax.jit(jax.grad(lambda b: loss(b, None)))(b).block_until_ready()
         jax.effects_barrier()

@@ -16,7 +16,7 @@ import pytest
 
 import implicit
 import solvers
-from implicit import Implicit, JacobianPenalty, Phantom, deq
+from implicit import GMRES, Implicit, JacobianPenalty, Phantom, deq
 from implicit.haiku import DEQ
 
 X = jnp.ones((1, 2, 3))
@@ -108,13 +108,13 @@ def test_stats_state_reuse_and_transform_with_state():
 
 def test_solver_and_gradient_mode_are_values_built_once():
     def build():
-        layer = DEQ(linear_block, solver="anderson", backward=Implicit("gmres", tol=1e-7),
+        layer = DEQ(linear_block, solver="anderson", backward=Implicit(GMRES(tol=1e-7)),
                     max_iter=7, history=3)
         return layer.solver, layer.backward
 
     solver, backward = hk.transform(build).apply({}, None)
     assert solver == solvers.get("anderson", max_iter=7, history=3)
-    assert backward == Implicit("gmres", tol=1e-7)
+    assert backward == Implicit(GMRES(tol=1e-7))
     # A Solver value is taken as it is; keyword options change it.
     tight = solvers.get("broyden", tol=1e-9)
     layer = hk.transform(lambda: DEQ(linear_block, solver=tight, max_iter=9).solver).apply({}, None)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import solvers
 from implicit import Implicit, fixed_point
 
 N = 256
@@ -37,7 +38,7 @@ def temp_bytes(backward, iterations: int, solver: str) -> int:
 
 
 def test_implicit_backward_memory_is_constant_in_forward_iterations():
-    backward = Implicit("broyden", max_iter=50, history=5)
+    backward = Implicit(solvers.get("broyden", max_iter=50, history=5))
     short = temp_bytes(backward, 10, "broyden")
     long = temp_bytes(backward, 200, "broyden")
     assert short > 0

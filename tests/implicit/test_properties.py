@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+import solvers
 from implicit import BackwardSolveWarning, Implicit
 from implicit.testing import (
     check_fixed_point_grads,
@@ -109,7 +110,7 @@ def test_the_kit_reports_a_wrong_gradient():
     with jax.enable_x64(True), pytest.warns(BackwardSolveWarning):
         report = check_fixed_point_grads(
             layers.tanh_layer, np.zeros(3), params, np.ones(3), solver="fixed_point",
-            backward=Implicit(max_iter=1),
+            backward=Implicit(solvers.get("fixed_point", max_iter=1, tol=1e-12, stop_mode="abs")),
         )
         jax.effects_barrier()
     assert report.worst_rel_error > 1e-2, report

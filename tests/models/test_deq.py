@@ -12,7 +12,7 @@ import solvers
 from benchmarks.timing import FAST_COMPILE
 from implicit import Implicit, JacobianPenalty
 from models.lm import next_byte_loss
-from models.transformer import BlockConfig, DEQTransformerLM, ExplicitTransformerLM, twin_params
+from models.transformer import BlockConfig, DEQTransformerLM, UnrolledLM, twin_params
 
 VOCAB, D, HEADS, SEQ = 256, 16, 2, 8
 BLOCK = BlockConfig(D, HEADS)
@@ -31,7 +31,7 @@ def _loss(model: hk.Transformed):
     return fast_jit(jax.value_and_grad(loss))
 
 
-def test_deq_gradients_equal_those_of_the_explicit_twin_unrolled_to_convergence() -> None:
+def test_deq_gradients_equal_those_of_the_twin_unrolled_to_convergence() -> None:
     """On a contractive init, dL/dθ through the DEQ (implicit backward) equals backprop
     through the weight-tied stack iterated to convergence, parameter by parameter."""
     tight = solvers.get("broyden", max_iter=60, tol=1e-6, stop_mode="abs", batch_axis=0)
@@ -40,8 +40,7 @@ def test_deq_gradients_equal_those_of_the_explicit_twin_unrolled_to_convergence(
                                    backward=Implicit(tight))(t)
     )
     twin = hk.transform(
-        lambda t: ExplicitTransformerLM(VOCAB, BLOCK, depth=7, tied=True, max_seq_len=SEQ,
-                                        name="lm")(t)
+        lambda t: UnrolledLM(VOCAB, BLOCK, depth=7, max_seq_len=SEQ, name="lm")(t)
     )
     batch = _batch()
     params = fast_jit(deq.init)(jax.random.key(0), batch[:, :-1])

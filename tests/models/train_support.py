@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 TINY: dict[str, Any] = dict(
-    model="explicit",
+    model="unrolled",
     depth=2,
     d_model=16,
     num_heads=2,

@@ -90,7 +90,7 @@ def test_history_beyond_the_problem_size_is_capped():
     """history=2000 on an 8-dimensional problem keeps an 8-column history: it finishes."""
     a, b = random_linear_map(3, 0.9)
     solve = solvers.get("anderson", history=2000, max_iter=200, tol=1e-6)
-    state = solve.rule.init(jnp.zeros((1, 8)), jnp.ones((1, 8)))
+    state = solve.method.init(jnp.zeros((1, 8)), jnp.ones((1, 8)), solve.stopping)
     assert state.dg.shape == (1, 8, 8)
     sol = solve(lambda z: jnp.tanh(0.5 * z) + 1.0, jnp.zeros(8))
     assert bool(sol.stats.converged)
@@ -108,10 +108,10 @@ def test_a_nan_sample_is_isolated_and_the_history_stays_clean():
     assert bool(jnp.all(jnp.isfinite(sol.value)))
 
 
-@pytest.mark.parametrize("mixing", [1.0, 0.5])
-def test_mixing_still_converges_to_the_same_point(mixing):
+@pytest.mark.parametrize("damping", [1.0, 0.5])
+def test_damping_still_converges_to_the_same_point(damping):
     a, b = random_linear_map(5, 0.8)
-    solve = solvers.get("anderson", mixing=mixing, history=DIM, tol=1e-6, batch_axis=0)
+    solve = solvers.get("anderson", damping=damping, history=DIM, tol=1e-6, batch_axis=0)
     sol = solve(linear, jnp.zeros((BATCH, DIM)), jnp.asarray(a, jnp.float32),
                 jnp.asarray(b, jnp.float32))
     np.testing.assert_allclose(sol.value, exact(a, b), rtol=1e-4, atol=1e-4)

@@ -1,5 +1,5 @@
 """Broyden takes a trial point unless it raises ``‖g‖ = ‖f(z) − z‖`` by more than
-``max_increase`` (default 2); a rejected trial leaves ``z`` where it was.
+``reject_increase`` (default 2); a rejected trial leaves ``z`` where it was.
 
 The map ``f(z) = A z + b`` with ``A = diag(1.5, 0.5)`` and ``z0`` chosen so that
 ``g(z0) = (1, 0)``: the first trial is the plain step ``z1 = f(z0)``, where
@@ -28,10 +28,10 @@ def linear(z: jnp.ndarray) -> jnp.ndarray:
 
 @pytest.mark.parametrize(
     "options, moved",
-    [({}, True), ({"max_increase": 1.6}, True), ({"max_increase": 1.4}, False),
-     ({"max_increase": 1.0}, False)],
+    [({}, True), ({"reject_increase": 1.6}, True), ({"reject_increase": 1.4}, False),
+     ({"reject_increase": 1.0}, False)],
 )
-def test_a_trial_is_taken_only_within_max_increase(options: dict, moved: bool) -> None:
+def test_a_trial_is_taken_only_within_reject_increase(options: dict, moved: bool) -> None:
     solve = solvers.get("broyden", tol=0.0, max_iter=1, **options)
     _, state = solve.run(linear, Z0, ())
     expected_g_norm2 = 1.5**2 if moved else 1.0
@@ -39,8 +39,8 @@ def test_a_trial_is_taken_only_within_max_increase(options: dict, moved: bool) -
     np.testing.assert_array_equal(np.asarray(state.rejections), 0 if moved else 1)
 
 
-@pytest.mark.parametrize("max_increase", [1.0, 2.0])
-def test_either_way_the_solve_reaches_the_closed_form_fixed_point(max_increase: float) -> None:
-    sol = solvers.get("broyden", tol=1e-6, max_iter=20, max_increase=max_increase)(linear, Z0)
+@pytest.mark.parametrize("reject_increase", [1.0, 2.0])
+def test_either_way_the_solve_reaches_the_closed_form_fixed_point(reject_increase: float) -> None:
+    sol = solvers.get("broyden", tol=1e-6, max_iter=20, reject_increase=reject_increase)(linear, Z0)
     assert bool(sol.stats.converged), solvers.explain(sol.stats)
     np.testing.assert_allclose(np.asarray(sol.value), Z_STAR, atol=1e-5)

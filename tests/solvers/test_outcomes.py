@@ -103,12 +103,12 @@ def test_tol_zero_runs_exactly_max_iter():
 def test_fallback_takes_over_the_samples_broyden_leaves_stalled():
     """slow-modes-0.999 (spectral radius just above 1): Broyden stalls on some samples;
     with ``fallback="fixed_point"`` those continue from their best iterate and converge,
-    and the samples Broyden solved are unchanged. Monotone trials (``max_increase=1``)
+    and the samples Broyden solved are unchanged. Monotone trials (``reject_increase=1``)
     and a short stall window (30), neither the default, are the setting under which
     Broyden leaves samples of this batch stalled at iterates that plain iteration can
     finish from."""
     p = problems.build("slow-modes-0.999", 128, 16, 0)
-    common = dict(batch_axis=0, tol=1e-5, max_iter=600, max_increase=1.0, stall_window=30)
+    common = dict(batch_axis=0, tol=1e-5, max_iter=600, reject_increase=1.0, stall_window=30)
 
     def run(**options):
         solve = solvers.get("broyden", **common, **options)
@@ -129,7 +129,18 @@ def test_fallback_takes_over_the_samples_broyden_leaves_stalled():
 def test_fallback_value_is_a_solver_option_with_the_same_budget():
     solve = solvers.get("broyden", fallback="fixed_point", max_iter=7, tol=1e-3)
     assert solve.fallback == solvers.get("fixed_point", max_iter=7, tol=1e-3)
-    assert "fallback='fixed_point'" in repr(solve)
+    assert "fallback=FixedPoint()" in repr(solve)
+    # A fallback given as a value keeps its own method options and runs under this
+    # solver's stopping rule and batch axis.
+    damped = solvers.get("fixed_point", damping=0.5, max_iter=99)
+    solve = solvers.get("broyden", fallback=damped, max_iter=7, batch_axis=0)
+    assert solve.fallback.method == solvers.FixedPoint(damping=0.5)
+    assert solve.fallback.stopping == solve.stopping and solve.fallback.batch_axis == 0
+    assert solve.replace(max_iter=9).fallback.stopping.max_iter == 9
+    assert solvers.Solver(solvers.Broyden(), fallback=solvers.FixedPoint()).fallback == (
+        solvers.get("fixed_point"))
+    with pytest.raises(ValueError, match="has a fallback of its own"):
+        solvers.get("broyden", fallback=solvers.get("fixed_point", fallback="fixed_point"))
 
 
 @pytest.mark.parametrize("name", solvers.available())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import chex
 import hypothesis.strategies as st
@@ -20,7 +21,7 @@ from absl.testing import parameterized
 from hypothesis import given, settings
 
 import solvers
-from solvers.loop import Rule
+from solvers.options import between, option
 
 BUILTIN = (
     "anderson", "broyden", "fixed_point", "jaxopt_anderson", "jaxopt_broyden", "jaxopt_fixed_point"
@@ -128,8 +129,8 @@ def test_solver_specific_options_are_checked():
         solvers.get("anderson", history=0)
     with pytest.raises(ValueError, match="'history'"):
         solvers.get("jaxopt_anderson", history=1)
-    with pytest.raises(ValueError, match="'mixing'"):
-        solvers.get("anderson", mixing=1.5)
+    with pytest.raises(ValueError, match="'damping'"):
+        solvers.get("anderson", damping=1.5)
     with pytest.raises(ValueError, match="'damping'"):
         solvers.get("fixed_point", damping=0.0)
     with pytest.raises(TypeError, match="'history'.*valid options"):
@@ -174,7 +175,8 @@ def test_solvers_are_frozen_hashable_values():
     tighter = solve.replace(tol=1e-9)
     assert tighter.options["tol"] == 1e-9 and solve.options["tol"] == 1e-6
     assert tighter.options["history"] == 7
-    assert solve.reset(max_iter=3).options["history"] == 30  # back to the default
+    assert solve == solvers.Solver(solvers.Broyden(history=7), solvers.Stopping(tol=1e-6))
+    assert solve.method.history == 7 and solve.stopping.tol == 1e-6  # typed fields
     assert solvers.get(solve) is solve and solvers.get(solve, tol=1e-9) == tighter
     with pytest.raises(ValueError, match="'tol'"):
         solve.replace(tol=-1.0)
@@ -201,35 +203,40 @@ def test_declared_lists_every_option_with_its_default_and_help():
         solvers.declared("newton")
 
 
-def _damped(options):
-    """A damped iteration z ← (1 − β) z + β f(z): a user's rule."""
-    beta = options["beta"]
+@dataclasses.dataclass(frozen=True)
+class Damped(solvers.Method):
+    """A damped iteration z ← (1 − β) z + β f(z): a user's method."""
 
-    def step(f, z, fz, state, active):
-        z_new = (1 - beta) * z + beta * fz
+    name: ClassVar[str] = "damped"
+    beta: float = option(0.5, between(0, 1, low_open=True), "β")
+
+    def init(self, z, fz, stopping):
+        return ()
+
+    def step(self, f, z, fz, state, active, stopping):
+        z_new = (1 - self.beta) * z + self.beta * fz
         return z_new, f(z_new), state, jnp.ones(z.shape[:1], jnp.int32)
 
-    return Rule(init=lambda z, fz: (), step=step)
 
-
-DAMPED = solvers.rule_solver(
-    "damped", {"beta": solvers.Option(0.5, (float,), lambda b: 0 < b <= 1, "in (0, 1]")}, _damped
-)
-
-
-def test_user_rule_solver_reuses_the_shared_loop():
+def test_a_users_method_reuses_the_shared_loop():
     with pytest.raises(ValueError, match="'beta'"):
-        DAMPED(beta=2.0)
+        Damped(beta=2.0)
+    with pytest.raises(TypeError, match="'gamma'.*valid options: beta"):
+        Damped(gamma=0.5)
     # f(z) = -z + 2 oscillates under plain iteration; β = 1/2 lands on z* = 1 in one step.
-    solve = DAMPED(beta=0.5, tol=1e-6)
+    solve = solvers.Solver(Damped(beta=0.5), solvers.Stopping(tol=1e-6))
     assert "damped" not in solvers.available()  # a value needs no registration
     sol = solve(lambda z: -z + 2.0, jnp.zeros(4))
     np.testing.assert_allclose(sol.value, np.ones(4), atol=1e-6)
     assert int(sol.stats.steps) == 1 and bool(sol.stats.converged)
-    solvers.register("damped", DAMPED)
+    assert solvers.get(Damped(), beta=0.5, tol=1e-6) == solve
+    with pytest.raises(ValueError, match="cannot restart single samples"):
+        solvers.get("broyden", fallback=Damped())
+    solvers.register("damped", Damped)
     try:
         assert solvers.get("damped", beta=0.5, tol=1e-6) == solve
         assert solvers.declared("damped")["beta"].default == 0.5
+        assert set(solvers.declared("damped")) == {*solvers.COMMON_OPTIONS, "beta"}
     finally:
         solvers.unregister("damped")
 
@@ -388,6 +395,19 @@ def test_divergence_guard_stops_early_and_returns_best_iterate():
     assert int(sol.stats.steps) < 10  # residual grows 3x a step: stops once it is 100x
     np.testing.assert_array_equal(sol.value, np.zeros(2))
     assert not bool(sol.stats.converged)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_the_stall_guard_fires_at_the_default_settings(name):
+    """z ↦ z + 1 has no fixed point and its residual never falls: at the defaults the stall
+    window (half of max_iter) stops every method there, before the iteration budget."""
+    solve = solvers.get(name)
+    assert solve.stopping.stall_window is None and solve.stopping.window < solve.stopping.max_iter
+    sol = solve(lambda z: z + 1.0, jnp.zeros(3))
+    assert int(sol.stats.reason) == solvers.Reason.STALLED, solvers.explain(sol.stats)
+    assert int(sol.stats.steps) == solve.stopping.window < solve.stopping.max_iter
+    # The window follows max_iter when only max_iter is given.
+    assert solvers.get(name, max_iter=200).stopping.window == 100
 
 
 def test_stall_guard_fires_on_a_map_without_fixed_point():

@@ -1,4 +1,4 @@
-"""What the solves of a training step did: counted warnings and the backward solves' reports.
+"""The solves of a training step as metrics: counted warnings and the adjoint solves' reports.
 
 A DEQ step runs a forward solve and, for an implicit gradient, an adjoint solve. When one of
 them misses its tolerance the toolkit warns (``implicit.ForwardSolveWarning``,

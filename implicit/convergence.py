@@ -1,4 +1,5 @@
-"""Reports on the solves behind a derivative, delivered at run time, under ``jit`` too.
+"""Whether the solves behind a derivative converged: warnings and monitor reports,
+delivered at run time, under ``jit`` too.
 
 A derivative of a fixed point is only as good as its solves. When the forward solve
 stopped short of its tolerance (:class:`ForwardSolveWarning`, raised only when the

@@ -1,7 +1,7 @@
-"""``explain(stats)``: a one-line account of a solve, from its :class:`solvers.Stats`.
+"""A solve's statistics in one line of words: ``explain(stats)``, from :class:`solvers.Stats`.
 
     >>> solvers.explain(sol.stats)
-    '30/32 converged, 2 stalled at rel residual 3e-04 after 41 iterations'
+    '30/32 converged (rel residual ≤ 1e-05, ≤ 12 iterations), 2 stalled at rel residual 3e-04 after 41 iterations'
 """
 
 from __future__ import annotations

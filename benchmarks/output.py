@@ -1,4 +1,5 @@
-"""Output shared by every benchmark: markdown tables, JSON, CSV, plots, machine notes.
+"""What the benchmarks write: markdown tables, JSON, CSV, residual plots, and where the
+numbers were measured (the machine line).
 
 Rows are plain dicts; a :class:`Column` says which key a table column shows and how.
 Missing values (``None``) print as ``—``; non-finite numbers print as ``nan``/``inf``, never
