@@ -100,3 +100,17 @@ def test_write_results_publishes_the_check_and_keeps_it(quick, tmp_path) -> None
     rewritten = page.read_text()
     assert rewritten.startswith("# Benchmark results") and table in rewritten
     assert rewritten.count(write_results.DEVICE_START) == 1
+
+
+def test_problems_above_the_exact_size_normalise_by_power_iteration(monkeypatch) -> None:
+    """The check's d = 4096 and 16384 problems take ``‖G‖₂`` from power iteration (an SVD of
+    that size on the host would outlast the check); here the switch is moved down to d = 16."""
+    import numpy as np
+
+    from benchmarks import problems
+
+    monkeypatch.setattr(problems, "EXACT_NORM_MAX_DIM", 16)
+    g = np.random.default_rng(0).standard_normal((64, 64))
+    estimate, exact = problems.spectral_norm(g), np.linalg.norm(g, 2)
+    assert estimate <= exact * (1 + 1e-6) and estimate == pytest.approx(exact, rel=1e-3)
+    assert problems.slow_modes(64, 2).dim == 64
