@@ -165,14 +165,26 @@ def join_supervisor() -> None:
 # ---------------------------------------------------------------------- the supervisor
 
 
+def _number(text: str, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:  # the training process's own parser names it
+        return default
+
+
 def _flags(argv: Sequence[str]) -> argparse.Namespace:
+    """What the supervisor reads of the training flags (the child parses and checks them
+    all): ``--distributed``, ``--run-dir``, ``--process-id``, ``--num-processes`` and
+    ``--coordinator-address``."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--run-dir", default="runs/deq_lm")
-    parser.add_argument("--process-id", type=int, default=-1)
-    parser.add_argument("--num-processes", type=int, default=0)
+    parser.add_argument("--process-id", default="-1")
+    parser.add_argument("--num-processes", default="0")
     parser.add_argument("--coordinator-address", default="")
     known, _ = parser.parse_known_args(list(argv))
+    known.process_id = _number(known.process_id, -1)
+    known.num_processes = _number(known.num_processes, 0)
     return known
 
 
