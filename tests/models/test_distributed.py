@@ -42,7 +42,7 @@ from tests.models.train_support import (
 STEPS, STALL, BOUND_S = 6, 3, 30
 
 # A rank of the distributed run: the command's supervisor, and in the training process it
-# starts, a hold at step STALL (until the file RELEASE exists, which it never does here).
+# starts, a hold at step STALL (after creating the file HELD<rank>) until it is killed.
 _RANK = textwrap.dedent(
     """
     import os, sys, time
@@ -59,7 +59,7 @@ _RANK = textwrap.dedent(
     def batch(self, step):
         if step == stall:
             open(os.environ["HELD"] + str(jax.process_index()), "w").close()
-            while not os.path.exists(os.environ["RELEASE"]):
+            while True:
                 time.sleep(0.05)
         return draw(self, step)
 
@@ -98,29 +98,40 @@ def _ranks(tmp: Path, extra: list[str], **env: str) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("distributed")
-    reference = start_process(
-        [sys.executable, "-m", "models.train", *flags(_config(tmp / "reference"))], tmp,
-        XLA_FLAGS=FAST_XLA_FLAGS + " --xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu")
-    held, release = tmp / "held", tmp / "release"
-    ranks = _ranks(tmp, [], STALL=str(STALL), HELD=str(held), RELEASE=str(release))
-    deadline = time.monotonic() + 300
-    while not all(Path(f"{held}{rank}").exists() for rank in (0, 1)):
-        for proc in ranks:
-            assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the ranks did not reach the step they hold at"
-        time.sleep(0.1)
-    ranks[0].send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    survivor = ranks[1].communicate(timeout=120)
-    survivor_s = time.monotonic() - killed
-    ranks[0].wait()
-    resumed = [p.communicate(timeout=300) + (p.returncode,) for p in _ranks(tmp, ["--resume"])]
-    return {
-        "tmp": tmp, "reference": reference.communicate(timeout=300) + (reference.returncode,),
-        "killed": ranks[0].returncode, "survivor": survivor + (ranks[1].returncode,),
-        "survivor_s": survivor_s, "resumed": resumed,
-    }
+    started: list = []
+    try:
+        reference = start_process(
+            [sys.executable, "-m", "models.train", *flags(_config(tmp / "reference"))], tmp,
+            XLA_FLAGS=FAST_XLA_FLAGS + " --xla_force_host_platform_device_count=2",
+            JAX_PLATFORMS="cpu")
+        started.append(reference)
+        held = tmp / "held"
+        ranks = _ranks(tmp, [], STALL=str(STALL), HELD=str(held))
+        started += ranks
+        deadline = time.monotonic() + 600
+        while not all(Path(f"{held}{rank}").exists() for rank in (0, 1)):
+            for proc in ranks:
+                assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the ranks did not reach the step they hold at"
+            time.sleep(0.1)
+        ranks[0].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        survivor = ranks[1].communicate(timeout=120)
+        survivor_s = time.monotonic() - killed
+        ranks[0].wait()
+        restarted = _ranks(tmp, ["--resume"])
+        started += restarted
+        resumed = [p.communicate(timeout=600) + (p.returncode,) for p in restarted]
+        return {
+            "tmp": tmp, "reference": reference.communicate(timeout=600) + (reference.returncode,),
+            "killed": ranks[0].returncode, "survivor": survivor + (ranks[1].returncode,),
+            "survivor_s": survivor_s, "resumed": resumed,
+        }
+    finally:
+        for proc in started:  # a rank that holds forever, if the chain broke before its kill
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_killed_process_stops_the_other_with_one_line_naming_it(runs) -> None:
