@@ -17,8 +17,9 @@ and against its own unrolled twin.
 *Equal steps*: for each seed of ``--seeds``, every model trains ``--steps`` steps (the default
 run's) from its own initialisation on the same batches, one step of each in turn, so load from
 other processes falls on all alike. ``valid bpb`` is the mean over the seeds of the bits per
-byte on ``--eval-batches`` validation batches, ``±`` half the range between the best and the
-worst seed. *Equal wall-clock*: the time the DEQ's first seed spent in its training steps is
+byte on the validation text (``--eval-batches``), ``±`` half the range between the best and the
+worst seed (the whole validation text by default, so the DEQ's first seed is the default
+run's final number). *Equal wall-clock*: the time the DEQ's first seed spent in its training steps is
 the budget; every other model trains for that long (steps interleaved, always the one that has
 used the least time next) with its learning-rate schedule laid for the steps its measured step
 time fits in the budget. Columns: parameters, the train step's peak memory (XLA's
@@ -126,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training steps per model of the depth table")
     parser.add_argument("--warmup", type=int, default=3,
                         help="steps left out of the median step time")
-    parser.add_argument("--eval-batches", type=int, default=8,
-                        help="validation batches for the bits per byte")
+    parser.add_argument("--eval-batches", type=int, default=0,
+                        help="validation batches for the bits per byte (0: the whole validation "
+                        "text, as python -m models.train reports at its end)")
     parser.add_argument("--d-model", type=int, default=defaults.d_model)
     parser.add_argument("--num-heads", type=int, default=defaults.num_heads)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
@@ -393,7 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mesh = make_mesh()
     corpus = load_corpus(args.data)
     train_bytes, valid_bytes = split_corpus(corpus, 0.05, args.seq_len + 1)
-    valid = list(eval_batches(valid_bytes, args.batch_size, args.seq_len, args.eval_batches))
+    valid = list(eval_batches(valid_bytes, args.batch_size, args.seq_len,
+                              args.eval_batches or None))
     data = _Data(mesh, train_bytes, valid, FAST_COMPILE if args.quick else None)
     rows, budget = _main_rows(args, data)
     if not args.no_equal_time:

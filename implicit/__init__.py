@@ -22,8 +22,10 @@
 * The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
   mode's gradient is from the exact one, on your own model.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
-  :func:`jacobian_frobenius_sq`, :func:`spectral_radius`, :func:`solver_trajectory`,
-  :func:`fixed_point_correction_loss`.
+  :func:`jacobian_frobenius_sq`, :func:`spectral_radius`.
+* The fixed-point correction (:mod:`implicit.correction`): :class:`Correction` makes the
+  forward solve hand out some of its iterates, :func:`correction_states` differentiates
+  them, :func:`fixed_point_correction_loss` weighs their losses.
 * :mod:`implicit.testing` (import it explicitly; it needs ``hypothesis``):
   strategies and :func:`implicit.testing.check_fixed_point_grads` to property-test
   your own fixed-point layers.
@@ -40,6 +42,12 @@ from implicit.audit import (
     reference_configuration,
 )
 from implicit.convergence import BackwardSolveWarning, ForwardSolveWarning, SolveReport
+from implicit.correction import (
+    Correction,
+    correction_states,
+    correction_weights,
+    fixed_point_correction_loss,
+)
 from implicit.deq import deq
 from implicit.extras import FRAMEWORKS
 from implicit.fixed_point import fixed_point
@@ -47,17 +55,12 @@ from implicit.layer import DEQSettings
 from implicit.linear import GMRES, KRYLOV_NAMES, BiCGStab, Krylov, NormalCG
 from implicit.linear import available as backward_solvers
 from implicit.modes import BACKWARD_MODES, JFB, Implicit, Mode, Phantom, Unroll, as_mode
-from implicit.regularizers import (
-    JacobianPenalty,
-    fixed_point_correction_loss,
-    jacobian_frobenius_sq,
-    solver_trajectory,
-    spectral_radius,
-)
+from implicit.regularizers import JacobianPenalty, jacobian_frobenius_sq, spectral_radius
 
 __all__ = [
     "BACKWARD_MODES",
     "BackwardSolveWarning",
+    "Correction",
     "BiCGStab",
     "DEQSettings",
     "ForwardSolveWarning",
@@ -77,13 +80,14 @@ __all__ = [
     "audit_gradient",
     "backward_solvers",
     "compare_gradients",
+    "correction_states",
+    "correction_weights",
     "deq",
     "fixed_point",
     "fixed_point_correction_loss",
     "haiku",
     "jacobian_frobenius_sq",
     "reference_configuration",
-    "solver_trajectory",
     "spectral_radius",
 ]
 

@@ -34,6 +34,7 @@ try:
 except ImportError as error:
     raise missing("equinox") from error
 
+from implicit.correction import Correction
 from implicit.layer import DEQSettings, ParamsMap
 from implicit.modes import Mode
 from implicit.regularizers import JacobianPenalty
@@ -80,7 +81,7 @@ class DEQ(eqx.Module):
       block: an Equinox module (or any pytree callable) ``block(z, x) -> z`` returning
         the structure, shapes and dtypes of ``z``; with randomness,
         ``block(z, x, *, key)``. Its array leaves are differentiated implicitly.
-      solver, backward, return_stats, jacobian_penalty, transform_params,
+      solver, backward, return_stats, jacobian_penalty, transform_params, correction,
         **solver_options: as for every layer (:mod:`implicit.layer`). The penalty's
         probes are drawn from the call's ``key``, which it needs; ``transform_params``
         maps the block's array leaves.
@@ -101,11 +102,12 @@ class DEQ(eqx.Module):
         self, block: Callable[..., PyTree], *, solver: Union[str, Solver] = "broyden",
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
-        transform_params: Optional[ParamsMap] = None, **solver_options: Any,
+        transform_params: Optional[ParamsMap] = None, correction: Optional[Correction] = None,
+        **solver_options: Any,
     ) -> None:
         self.block = block
         self.settings = DEQSettings.build(solver, backward, return_stats, jacobian_penalty,
-                                          transform_params, solver_options)
+                                          transform_params, solver_options, correction)
 
     solver = property(lambda self: self.settings.solver, doc="The forward solver.")
     backward = property(lambda self: self.settings.backward, doc="The gradient mode.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Union
 
 import solvers
+from implicit.correction import Correction
 from implicit.modes import Mode, as_mode
 from solvers import Solver
 from solvers.types import PyTree, Solution
@@ -33,6 +34,7 @@ def fixed_point(
     solver: Union[str, Solver] = "broyden",
     solver_options: Optional[Mapping[str, Any]] = None,
     backward: Union[str, Mode] = "implicit",
+    correction: Optional[Correction] = None,
 ) -> Solution:
     """Solve ``z* = f(z*, *args)`` from ``z0``, differentiably with respect to ``args``.
 
@@ -52,12 +54,17 @@ def fixed_point(
         :class:`~implicit.modes.Phantom`, :class:`~implicit.modes.JFB`,
         :class:`~implicit.modes.Unroll`, or their names ``"implicit"``, ``"phantom"``,
         ``"jfb"``, ``"unroll"`` for their defaults.
+      correction: a :class:`implicit.Correction`: the forward solve also hands out the
+        iterates it names, in ``Solution.states`` (no derivative; give them one with
+        :func:`implicit.correction_states` or use them in
+        :func:`implicit.fixed_point_correction_loss`). The solve runs once either way.
 
     Returns:
-      ``Solution(value, stats)``: ``value`` is the solver's ``z*`` and carries the
-      derivative of the chosen mode; ``stats`` are the forward statistics
-      (:class:`solvers.Stats`) under ``stop_gradient``. A backward solve that does
-      not converge emits :class:`implicit.BackwardSolveWarning`.
+      ``Solution(value, stats, states)``: ``value`` is the solver's ``z*`` and carries
+      the derivative of the chosen mode; ``stats`` are the forward statistics
+      (:class:`solvers.Stats`) under ``stop_gradient``; ``states`` the recorded
+      iterates (``None`` without a ``correction``). A backward solve that does not
+      converge emits :class:`implicit.BackwardSolveWarning`.
 
     Raises:
       ValueError: an unknown ``solver`` or ``backward`` (the message lists the valid
@@ -68,5 +75,7 @@ def fixed_point(
     """
     mode = as_mode(backward)
     forward = mode.prepare(solvers.get(solver, **dict(solver_options or {})))
+    if correction is not None:
+        forward = correction.recording(forward)
     forward.check(f, z0, args)  # once: the modes run the solve without checking again
     return mode.attach(f, z0, args, forward)

@@ -35,6 +35,7 @@ try:
 except ImportError as error:
     raise missing("flax") from error
 
+from implicit.correction import Correction
 from implicit.layer import DEQSettings, ParamsMap
 from implicit.modes import Mode
 from implicit.regularizers import JacobianPenalty
@@ -92,7 +93,7 @@ class DEQ(nnx.Module):
       block: an NNX module ``block(z, x) -> z`` returning the structure, shapes and
         dtypes of ``z``. Its state updates inside the solve are discarded (keep
         ``nnx.BatchNorm`` and the like out of it).
-      solver, backward, return_stats, jacobian_penalty, transform_params,
+      solver, backward, return_stats, jacobian_penalty, transform_params, correction,
         **solver_options: as for every layer (:mod:`implicit.layer`). The penalty's
         probes come from ``rngs``, which it needs; ``transform_params`` maps the block's
         ``nnx.State``.
@@ -116,12 +117,13 @@ class DEQ(nnx.Module):
         self, block: nnx.Module, *, solver: Union[str, Solver] = "broyden",
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
-        transform_params: Optional[ParamsMap] = None,
+        transform_params: Optional[ParamsMap] = None, correction: Optional[Correction] = None,
         rngs: Union[nnx.Rngs, nnx.RngStream, None] = None, **solver_options: Any,
     ) -> None:
         self.block = block
         self.settings = DEQSettings.build(
-            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options)
+            solver, backward, return_stats, jacobian_penalty, transform_params, solver_options,
+            correction)
         self.rngs = nnx.data(_dropout_stream(rngs))
         if jacobian_penalty is not None and self.rngs is None:
             raise ValueError("implicit.flax.DEQ with a jacobian_penalty needs rngs for its probes")

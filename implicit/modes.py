@@ -76,8 +76,9 @@ class Mode(Options, abc.ABC):
         ``f`` closes over)."""
 
 
-def _no_gradient(stats: Stats) -> Stats:
-    return jax.tree_util.tree_map(lax.stop_gradient, stats)
+def _no_gradient(tree: PyTree) -> PyTree:
+    """``tree`` (statistics, recorded states) under ``stop_gradient``."""
+    return jax.tree_util.tree_map(lax.stop_gradient, tree)
 
 
 def _zero_tangents(tree: PyTree) -> PyTree:
@@ -203,9 +204,9 @@ class Implicit(Mode):
         """The backward solver of a solve by ``forward`` (see the class docstring)."""
         chosen = self.solver
         if chosen is None:
-            return forward
+            return dataclasses.replace(forward, record=())
         if isinstance(chosen, Method):
-            return dataclasses.replace(forward, method=chosen)
+            return dataclasses.replace(forward, method=chosen, record=())
         if isinstance(chosen, Krylov):
             return chosen.with_tol(forward.stopping.tol)
         return chosen
@@ -234,14 +235,14 @@ class Implicit(Mode):
         @jax.custom_jvp
         def equilibrium(z_init: PyTree, theta: tuple) -> tuple:
             solution, state = forward.run(f_theta, z_init, (theta,))
-            return solution.value, solution.stats, state
+            return solution.value, solution.stats, state, solution.states
 
         @equilibrium.defjvp
         def equilibrium_jvp(primals: tuple, tangents: tuple) -> tuple:
             z_init, theta = primals
             _, theta_dot = tangents  # the derivative with respect to z0 is exactly zero
             outputs = equilibrium(z_init, theta)
-            value, stats, state = outputs
+            value, stats, state, states = outputs
             _report_forward(stats, forward)
             # One linearisation of f at (z*, θ) serves both J·t and ∂f/∂θ·θ̇.
             _, f_lin = jax.linearize(f_theta, value, theta)
@@ -258,10 +259,10 @@ class Implicit(Mode):
                 solve=make_linear_solve(backward, prior, self.monitor),
                 transpose_solve=make_linear_solve(backward, transposed, self.monitor),
             )
-            return outputs, (t, *_zero_tangents((stats, state)))
+            return outputs, (t, *_zero_tangents((stats, state, states)))
 
-        value, stats, _ = equilibrium(z0, theta0)
-        return Solution(value, _no_gradient(stats))
+        value, stats, _, states = equilibrium(z0, theta0)
+        return Solution(value, _no_gradient(stats), _no_gradient(states))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +298,7 @@ class Phantom(Mode):
         value = jax.tree_util.tree_map(
             lambda s, u: s + (u - lax.stop_gradient(u)), z_star, unrolled
         )
-        return Solution(value, _no_gradient(solution.stats))
+        return Solution(value, _no_gradient(solution.stats), _no_gradient(solution.states))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +328,8 @@ class Unroll(Mode):
         self, f: Callable[..., PyTree], z0: PyTree, args: tuple, forward: Solver
     ) -> Solution:
         solution, _ = forward.run(f, z0, args)
-        return Solution(solution.value, _no_gradient(solution.stats))
+        return Solution(solution.value, _no_gradient(solution.stats),
+                        _no_gradient(solution.states))
 
 
 MODES: Mapping[str, type[Mode]] = MappingProxyType(

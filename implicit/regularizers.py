@@ -7,24 +7,22 @@ With ``J = ∂f/∂z`` evaluated at a state ``z`` (usually ``z*``):
   the solves short; :class:`JacobianPenalty` is its per-element form as a value,
   the option ``jacobian_penalty=`` of :class:`implicit.haiku.DEQ`;
 * :func:`spectral_radius` — a power-method estimate of ``ρ(J)``, the quantity the
-  forward and backward fixed-point solves need below 1;
-* :func:`solver_trajectory` and :func:`fixed_point_correction_loss` — the
-  fixed-point correction of Bai et al. (2022): a loss on ``f`` applied once to
-  several states along the solver's trajectory.
+  forward and backward fixed-point solves need below 1.
+
+The fixed-point correction of Bai et al. (2022) is in :mod:`implicit.correction`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-import solvers
-from solvers import Solver, pytree
+from solvers import pytree
 from solvers.options import Options, at_least, option
 from solvers.types import PyTree
 
@@ -127,52 +125,3 @@ def spectral_radius(
     v = lax.stop_gradient(v)
     _, jv = jax.jvp(lambda state: f(state, *args), (z,), (v,))
     return pytree.norm(jv)
-
-
-def solver_trajectory(
-    f: Callable[..., PyTree],
-    z0: PyTree,
-    *args: PyTree,
-    num_states: int,
-    steps_per_state: int,
-    solver: Union[str, Solver] = "broyden",
-    solver_options: Optional[Mapping[str, Any]] = None,
-) -> PyTree:
-    """``num_states`` states along a solve of ``z = f(z, *args)``, stacked on a leading axis.
-
-    State ``k`` is the solver's answer after ``steps_per_state`` more iterations (its
-    ``max_iter``, whatever the solver's own) from state ``k − 1`` (state 0 starts from ``z0``); once the tolerance is met
-    the states repeat the converged one. Each segment is a fresh solve, so a
-    solver with memory (Broyden, Anderson) restarts it per segment. The states
-    carry no gradient.
-    """
-    solve = solvers.get(solver, **dict(solver_options or {}))
-    solve = dataclasses.replace(
-        solve, stopping=dataclasses.replace(solve.stopping, max_iter=steps_per_state))
-    fixed_args = lax.stop_gradient(args)
-
-    def segment(z: PyTree, _: None) -> tuple[PyTree, PyTree]:
-        z_next = solve(f, z, *fixed_args).value
-        return z_next, z_next
-
-    return lax.stop_gradient(lax.scan(segment, z0, None, length=num_states)[1])
-
-
-def fixed_point_correction_loss(
-    f: Callable[..., PyTree],
-    states: PyTree,
-    *args: PyTree,
-    loss_fn: Callable[[PyTree], jax.Array],
-    gamma: float = 0.8,
-) -> jax.Array:
-    """The fixed-point correction loss ``Σₖ γ^(K−1−k) · loss_fn(f(zₖ, *args))``, k = 0..K−1.
-
-    ``states`` holds ``K`` states ``zₖ`` stacked on a leading axis (for example from
-    :func:`solver_trajectory`); they are held fixed, so each term is differentiated
-    like a one-step (Jacobian-free) gradient at ``zₖ``, and later states weigh more.
-    """
-    states = lax.stop_gradient(states)
-    num_states = jax.tree_util.tree_leaves(states)[0].shape[0]
-    losses = jax.vmap(lambda z: loss_fn(f(z, *args)))(states)
-    weights = gamma ** jnp.arange(num_states - 1, -1, -1, dtype=losses.dtype)
-    return jnp.sum(weights * losses)

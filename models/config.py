@@ -90,7 +90,7 @@ class TrainConfig:
         "the DEQ's unrolled twin (--model unrolled)", at_least(1),
     )
     block: str = _flag(
-        "injection", "equations of the DEQ's block f(z, x) (models.transformer.DEQBlock)",
+        "sum", "equations of the DEQ's block f(z, x) (models.transformer.DEQBlock)",
         choices=BLOCK_FORMS,
     )
     initial_state: str = _flag(
@@ -154,6 +154,16 @@ class TrainConfig:
         1, "DEQ: the Jacobian regulariser penalises ‖(∂f/∂z)ᵏ‖²_F with k = --jac-power (1: "
         "Bai et al. 2021); k > 1 leaves dependence chains shorter than k free", at_least(1),
     )
+    fp_correction: int = _flag(
+        1, "DEQ: fixed-point correction (Bai et al. 2022) with this many states of the forward "
+        "solve, evenly spaced from z0 (k = j·max_iter // K); each state's one-step image "
+        "f(z_k, x) is read out and its loss added with weight gamma^(K+1-j) (0: off)",
+        at_least(0),
+    )
+    fp_correction_gamma: float = _flag(
+        0.8, "DEQ: the weight gamma of the fixed-point correction's losses",
+        between(0, 1, low_open=True),
+    )
     warmup_unrolled: int = _flag(
         0, "DEQ: train the first this many steps as the weight-tied stack of "
         "--warmup-depth blocks (the same parameters, f applied that many times from z = 0, "
@@ -172,7 +182,7 @@ class TrainConfig:
     batch_size: int = _flag(32, "global batch size (sequences per step, split across devices)",
                             at_least(1))
     seq_len: int = _flag(64, "bytes per training sequence", at_least(1))
-    lr: float = _flag(5e-3, "peak learning rate of AdamW", above(0))
+    lr: float = _flag(8e-3, "peak learning rate of AdamW", above(0))
     warmup_steps: int = _flag(100, "linear warmup steps from 0 to --lr", at_least(0))
     min_lr_ratio: float = _flag(0.1, "final learning rate of the cosine decay, as a share of --lr",
                                 between(0, 1))

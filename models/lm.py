@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 import solvers
-from implicit import Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
+from implicit import Correction, Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
 from implicit.convergence import Monitor
 from implicit.linear import KRYLOV_SOLVERS
 from models.config import MODELS, TrainConfig
@@ -91,10 +91,12 @@ def _build(config: TrainConfig, solver: Optional[Solver], backward: Optional[Mod
     if config.model == "deq":
         penalty = (JacobianPenalty(batch=config.jac_batch, power=config.jac_power)
                    if config.jac_reg > 0 else None)
+        correction = Correction(states=config.fp_correction) if config.fp_correction else None
         return DEQTransformerLM(
             VOCAB_SIZE, config.block_config(), solver=solver or deq_solver(config),
             backward=backward or deq_backward(config), jacobian_penalty=penalty,
-            initial_state=config.initial_state, remat=config.remat, **common,
+            correction=correction, initial_state=config.initial_state, remat=config.remat,
+            **common,
         )
     if config.model == "unrolled":
         return UnrolledLM(VOCAB_SIZE, config.block_config(), depth=config.depth,

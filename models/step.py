@@ -3,10 +3,13 @@
 One train step on a batch ``y`` of shape ``(B, T + 1)`` (inputs ``y[:, :-1]``, targets
 ``y[:, 1:]``) computes
 
-    L(θ) = NLL(θ) + λ_J · J(θ),      g = ∇_θ L,      (θ, opt) ← AdamW(clip(g), opt)
+    L(θ) = NLL(θ) + λ_J · J(θ) + Σⱼ γ^(K+1−j) NLLⱼ(θ),
+    g = ∇_θ L,      (θ, opt) ← AdamW(clip(g), opt)
 
-where ``NLL`` is the mean next-byte cross-entropy (nats) and ``J`` the Jacobian regulariser of
-the DEQ (weight ``λ_J = --jac-reg``). Its dropout key is ``fold_in(key(seed), step)``: a
+where ``NLL`` is the mean next-byte cross-entropy (nats), ``J`` the Jacobian regulariser of
+the DEQ (weight ``λ_J = --jac-reg``) and ``NLLⱼ`` that of the DEQ's ``j``-th fixed-point
+correction state (``K = --fp-correction`` of them, weight ``γ = --fp-correction-gamma``;
+Bai et al. 2022). Its dropout key is ``fold_in(key(seed), step)``: a
 function of the step only, so a resumed run draws the same masks. Both steps are ``jax.jit``
 compiled with the state replicated and the batch split over the mesh (see
 :mod:`models.sharding`).
@@ -24,7 +27,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh
 
-from implicit import compare_gradients
+from implicit import compare_gradients, correction_weights
 from models.config import TrainConfig
 from models.lm import LN2, next_byte_loss
 from models.sharding import batch_sharded, replicated, within_mesh
@@ -54,6 +57,7 @@ TRAIN_METRICS: tuple[str, ...] = (
     "loss",
     "bpb",
     "jac_loss",
+    "correction_bpb",
     "grad_norm",
     "lr",
     "solver_steps",
@@ -119,9 +123,11 @@ LossFn = Callable[..., tuple[jax.Array, Any]]  # (params, batch, key, mask=None)
 
 
 def training_loss(model: hk.Transformed, config: TrainConfig) -> LossFn:
-    """``loss(params, batch, key, mask=None) -> (L, (nll, stats, jac_loss))``: the loss of
-    the module docstring on a batch ``(B, T + 1)``, in training mode (dropout from ``key``);
-    ``mask`` ``(B, T)`` keeps only the targets where it is nonzero in the mean NLL."""
+    """``loss(params, batch, key, mask=None) -> (L, (nll, stats, jac_loss, first_nll))``:
+    the loss of the module docstring on a batch ``(B, T + 1)``, in training mode (dropout
+    from ``key``); ``mask`` ``(B, T)`` keeps only the targets where it is nonzero in the
+    mean NLL. ``first_nll`` is the NLL of the first fixed-point correction state (0
+    without a correction)."""
     jac_weight = config.jac_reg
 
     def loss_fn(params: hk.Params, batch: jax.Array, key: jax.Array,
@@ -130,7 +136,13 @@ def training_loss(model: hk.Transformed, config: TrainConfig) -> LossFn:
         out = model.apply(params, key, inputs, None, True)
         nll, _ = next_byte_loss(out.logits, targets, mask)
         loss = nll + jac_weight * out.jac_loss if jac_weight else nll
-        return loss, (nll, out.stats, out.jac_loss)
+        first = jnp.zeros((), jnp.float32)
+        if out.correction_logits is not None:
+            nlls = jax.vmap(lambda logits: next_byte_loss(logits, targets, mask)[0])(
+                out.correction_logits)
+            weights = correction_weights(nlls.shape[0], config.fp_correction_gamma)
+            loss, first = loss + jnp.sum(weights * nlls), nlls[0]
+        return loss, (nll, out.stats, out.jac_loss, first)
 
     return loss_fn
 
@@ -157,7 +169,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: jax.Array) -> tuple[TrainState, Metrics]:
         key = step_key(config, state.step)
-        (loss, (nll, stats, jac_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (nll, stats, jac_loss, first)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, key
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -166,6 +178,7 @@ def make_train_step(
             "loss": loss,
             "bpb": nll / LN2,
             "jac_loss": jnp.asarray(jac_loss, jnp.float32),
+            "correction_bpb": first / LN2,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             **_solve_metrics(stats),
@@ -207,7 +220,7 @@ def make_audit_step(
 
         def compare(mask: jax.Array | None) -> tuple[Any, jax.Array]:
             grads = jax.grad(lambda p: configured(p, batch, key, mask)[0])(state.params)
-            reference_grads, (_, stats, _) = jax.grad(
+            reference_grads, (_, stats, _, _) = jax.grad(
                 lambda p: exact(p, batch, key, mask), has_aux=True)(state.params)
             return compare_gradients(grads, reference_grads), stats["converged"]
 

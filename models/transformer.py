@@ -33,7 +33,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from implicit import JacobianPenalty, Mode
+from implicit import Correction, JacobianPenalty, Mode
 from implicit.haiku import DEQ, spectral_norm, spectral_norm_params
 from solvers import Reason, Solver, residuals
 
@@ -86,11 +86,16 @@ class LMOutput(NamedTuple):
       jac_loss: scalar Jacobian-regularisation term (0 unless the DEQ was built with
         ``jac_reg > 0`` and called with ``is_training=True``); the caller adds
         ``jac_reg · jac_loss`` to its loss.
+      correction_logits: ``(K, batch, seq, vocab)`` logits of the fixed-point correction's
+        ``K`` states (a DEQ built with a ``correction``, called with ``is_training=True``),
+        else ``None``; the caller adds their weighted losses
+        (:func:`implicit.fixed_point_correction_loss`).
     """
 
     logits: jax.Array
     stats: dict[str, jax.Array]
     jac_loss: jax.Array
+    correction_logits: Optional[jax.Array] = None
 
 
 def causal_attention_mask(mask: jax.Array) -> jax.Array:
@@ -115,7 +120,7 @@ def _layer_norm(name: str) -> hk.LayerNorm:
     return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
 
 
-BLOCK_FORMS: tuple[str, ...] = ("injection", "postln", "normalized", "sum", "update")
+BLOCK_FORMS: tuple[str, ...] = ("sum", "injection", "update", "postln", "normalized")
 """The forms of the weight-tied block ``f(z, x)`` (see :class:`DEQBlock`)."""
 
 INITIAL_STATES: tuple[str, ...] = ("zeros", "input")
@@ -152,7 +157,7 @@ class BlockConfig:
     out_init_scale: float = 1.0
     spectral_norm: float = 0.0
     qk_norm: bool = False
-    form: str = "injection"
+    form: str = "sum"
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -228,12 +233,26 @@ class DEQBlock(_Sublayers):
     """The weight-tied block ``f(z, x)`` whose equilibrium ``z* = f(z*, x)`` the DEQ finds.
 
     ``x = E[tokens] + P[positions]`` is the input injection, ``m ∈ {0, 1}`` zeroes padded
-    positions, and ``config.form`` picks the equations:
+    positions, and ``config.form`` picks the equations. Every form has the parameters of
+    one standard Transformer layer (``"normalized"``: one LayerNorm more).
 
-    ``"injection"`` (the residual stream replaced by the injection)::
+    ``"sum"`` (the injection added to the attention's input; the residual stream is ``x``)::
+
+        h = x + Attn(LN(z + x));  f = (h + MLP(LN(h))) · m
+
+    so ``f(0, x)`` is exactly one standard pre-LN Transformer layer applied to ``x``, and
+    the context can reach position ``t`` through ``x`` directly, not only through ``∂f/∂z``.
+
+    ``"injection"`` (attention reads the state alone)::
 
         h⁰ = x + Attn(LN(z));  hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹)), 0 < l < L
         f  = (h + MLP(LN(h))) · m
+
+    with ``L = block_layers`` (further pre-LN layers inside the block; this form only).
+
+    ``"update"`` (the injection plus a whole pre-LN layer's update of the state)::
+
+        a = Attn(LN(z));  f = (x + a + MLP(LN(z + a))) · m
 
     ``"postln"`` (Bai, Kolter and Koltun 2019's DEQ-Transformer layer: post-LN, the injection
     inside the attention's input)::
@@ -244,9 +263,9 @@ class DEQBlock(_Sublayers):
 
         u = z + x;  h = u + Attn(LN(u));  f = LN(h + MLP(LN(h))) · m
 
-    ``L = block_layers`` (further pre-LN layers inside the block; ``"injection"`` only).
-    In ``"injection"`` the state enters only through ``LN(z)`` and in the other two the output
-    is normalised, so ``f`` is bounded and a fixed point exists.
+    In ``"sum"``, ``"injection"`` and ``"update"`` the state enters only through
+    LayerNorms, and in the last two the output is normalised, so ``f`` is bounded and a
+    fixed point exists.
     """
 
     def __call__(
@@ -427,7 +446,10 @@ class DEQTransformerLM(_LMBase):
     :class:`solvers.Solver`) and differentiated by ``backward`` (a gradient mode of
     :mod:`implicit.modes` or its name). ``jacobian_penalty`` (an
     :class:`implicit.JacobianPenalty`) is evaluated at ``z*`` when training and returned as
-    :attr:`LMOutput.jac_loss`. The gradient with respect to ``z⁰`` is zero, so starting from
+    :attr:`LMOutput.jac_loss`. With a ``correction`` (an :class:`implicit.Correction`), the
+    training forward solve also hands out some of its iterates ``z_k``, and
+    :attr:`LMOutput.correction_logits` are the readouts of their one-step images
+    ``f(z_k, x)`` (Bai et al. 2022's fixed-point correction, from the one solve). The gradient with respect to ``z⁰`` is zero, so starting from
     ``x`` changes where the solver starts, not the derivative.
 
     With ``remat`` (default) the block is wrapped in ``hk.remat``: the VJPs of the backward
@@ -447,6 +469,7 @@ class DEQTransformerLM(_LMBase):
         max_seq_len: int = 512,
         embed_std: float = 1.0,
         jacobian_penalty: Optional[JacobianPenalty] = None,
+        correction: Optional[Correction] = None,
         remat: bool = True,
         name: str | None = None,
     ) -> None:
@@ -455,6 +478,7 @@ class DEQTransformerLM(_LMBase):
         self.backward = backward
         self.initial_state = initial_state
         self.jacobian_penalty = jacobian_penalty
+        self.correction = correction
         self.remat = remat
 
     def __call__(
@@ -483,16 +507,22 @@ class DEQTransformerLM(_LMBase):
             name="deq",
             return_stats=True,
             jacobian_penalty=penalty,
+            correction=self.correction if is_training else None,
             transform_params=spectral_norm_params(bound) if bound else None,
         )
         z0 = _initial_state(x, self.initial_state)
-        z_star, stats, *jac_loss = deq(x, z0, mask)
+        z_star, stats, *extras = deq(x, z0, mask)
+        correction_logits = None
+        if self.correction is not None and is_training:
+            states = extras.pop()  # (K, batch, seq, d_model)
+            flat = self.readout(states.reshape(-1, *states.shape[2:]))
+            correction_logits = flat.reshape(*states.shape[:2], *flat.shape[1:])
         batch = tokens.shape[0]
         summary = {
             key: jnp.broadcast_to(getattr(stats, key), (batch,)) for key in SOLVE_STAT_KEYS
         }
-        jac = jac_loss[0] if jac_loss else jnp.zeros((), jnp.float32)
-        return LMOutput(self.readout(z_star), summary, jac)
+        jac = extras[0] if extras else jnp.zeros((), jnp.float32)
+        return LMOutput(self.readout(z_star), summary, jac, correction_logits)
 
 
 class UnrolledLM(_LMBase):

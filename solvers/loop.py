@@ -28,7 +28,10 @@ the rules of a :class:`solvers.Stopping`:
 * growing state: a :class:`~solvers.method.Growable` method starts with small buffers
   and the loop moves its state into larger ones only when they fill while a row is still
   active;
-* statistics (:class:`solvers.types.Stats`), per row.
+* statistics (:class:`solvers.types.Stats`), per row;
+* recorded states: with ``record = (k₁, …, k_K)`` the loop hands out, per row, the
+  iterate ``z_{kⱼ}`` it passed through after ``kⱼ`` iterations (``k = 0``: ``z0``), or the
+  row's returned iterate when it had stopped before ``kⱼ`` (torchdeq's ``indexing``).
 """
 
 from __future__ import annotations
@@ -125,6 +128,16 @@ class _Carry(NamedTuple):
     steps: jax.Array
     fevals: jax.Array
     trace: jax.Array
+    recorded: Optional[jax.Array]  # (K, batch, size): the recorded iterates, or None
+
+
+def _record(record: tuple[int, ...], recorded: Optional[jax.Array], k: jax.Array,
+            state: Matrix) -> Optional[jax.Array]:
+    """``recorded`` with ``state`` written where the iteration count ``k`` is a recorded one."""
+    if recorded is None:
+        return None
+    hits = jnp.asarray(record) == k
+    return jnp.where(hits[:, None, None], state[None], recorded)
 
 
 def _step_methods(
@@ -160,15 +173,17 @@ def _step_methods(
 
 def iterate(
     method: Method, f: FlatMap, z0: Matrix, stopping: Stopping,
-    fallback: Optional[Method] = None, prior: Any = None,
-) -> tuple[Matrix, Stats, Any]:
+    fallback: Optional[Method] = None, prior: Any = None, record: tuple[int, ...] = (),
+) -> tuple[Matrix, Stats, Any, Optional[jax.Array]]:
     """Solve ``z = f(z)`` row by row from ``z0`` by ``method`` under ``stopping``; return
-    the best rows, per-row :class:`Stats` and the method's final state.
+    the best rows, per-row :class:`Stats`, the method's final state and the recorded
+    iterates (``(len(record), batch, size)``, or None when ``record`` is empty).
 
     With ``fallback`` (a :class:`~solvers.method.Restartable` method), rows that stall,
     diverge or go non-finite under ``method`` restart from their best iterate under it.
     With ``prior`` (a final state of an earlier solve), ``method`` starts with its ``warm``
-    (it must be :class:`~solvers.method.WarmStartable`).
+    (it must be :class:`~solvers.method.WarmStartable`). ``record`` lists iteration counts
+    in ``[0, max_iter]`` whose iterates are handed out (see the module docstring).
     """
     methods = (method,) if fallback is None else (method, fallback)
     batch = z0.shape[0]
@@ -201,6 +216,7 @@ def iterate(
         steps=jnp.zeros((batch,), jnp.int32),
         fevals=jnp.ones((batch,), jnp.int32),
         trace=trace,
+        recorded=(jnp.broadcast_to(z0[None], (len(record), *z0.shape)) if record else None),
     )
     stall_on = stopping.window > 0 and stopping.tol > 0
 
@@ -250,6 +266,8 @@ def iterate(
             steps=c.steps + c.active.astype(jnp.int32),
             fevals=c.fevals + jnp.where(c.active, fevals, 0).astype(jnp.int32),
             trace=trace,
+            # A row that has stopped is at its returned iterate from then on.
+            recorded=_record(record, c.recorded, k, _rows(move, z_new, c.best_z)),
         )
         if fallback is None:
             return new
@@ -267,7 +285,11 @@ def iterate(
         trace=trace,
         reason=carry.reason,
     )
-    return carry.best_z, stats, carry.states[0]
+    recorded = carry.recorded
+    if recorded is not None:  # the recorded counts the loop did not reach
+        unreached = jnp.asarray(record) > carry.k
+        recorded = jnp.where(unreached[:, None, None], carry.best_z[None], recorded)
+    return carry.best_z, stats, carry.states[0], recorded
 
 
 def _full_size(method: Method, state: Any, stopping: Stopping) -> Any:

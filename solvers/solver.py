@@ -26,7 +26,7 @@ import solvers.options as declarations
 from solvers.flat import flat_view
 from solvers.loop import iterate
 from solvers.method import Method, Restartable, WarmStartable
-from solvers.options import Option, Options, check_names, one_of, option
+from solvers.options import Check, Option, Options, check_names, one_of, option
 from solvers.registry import lookup
 from solvers.stopping import Stopping
 from solvers.types import PyTree, Solution
@@ -56,6 +56,11 @@ class Solver(Options):
         Given as a :class:`Solver`, a :class:`solvers.Method` or a registry name; it is
         kept as a :class:`Solver` with this one's stopping rule and batch axis, the ones it
         runs under. Its method must be :class:`solvers.method.Restartable`.
+      record: iteration counts ``(k₁, …, k_K)`` in ``[0, max_iter]`` whose iterates the
+        solve hands out as :attr:`Solution.states` (stacked on a new leading axis; ``k = 0``
+        is ``z0``; a sample that stopped before ``kⱼ`` gives its returned iterate), as
+        torchdeq's ``indexing``; ``()`` records none. For the fixed-point correction
+        (:func:`implicit.fixed_point_correction_loss`).
 
     Solvers compare and hash by value, so ``jax.jit`` takes them as static arguments.
     """
@@ -70,9 +75,20 @@ class Solver(Options):
         None, None, "a solver (or registry name) that takes over a sample that stalls, "
         "diverges or goes non-finite, from its best iterate, within the same max_iter",
     )
+    record: tuple = option(
+        (), Check(lambda ks: all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                                 for k in ks), "of integers >= 0"),
+        "iteration counts whose iterates the solve hands out as Solution.states",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        too_late = [k for k in self.record if k > self.stopping.max_iter]
+        if too_late:
+            raise ValueError(
+                f"option 'record' of solver {self.name!r}: iteration(s) "
+                f"{', '.join(map(str, too_late))} lie beyond max_iter={self.stopping.max_iter}"
+            )
         fallback = self.fallback
         if isinstance(fallback, str):
             try:
@@ -90,9 +106,10 @@ class Solver(Options):
                 f"option 'fallback' of solver {self.name!r}: solver {fallback.name!r} {why}, "
                 "so it cannot be a fallback"
             )
-        if (fallback.stopping, fallback.batch_axis) != (self.stopping, self.batch_axis):
+        if (fallback.stopping, fallback.batch_axis, fallback.record) != (
+                self.stopping, self.batch_axis, ()):
             fallback = dataclasses.replace(fallback, stopping=self.stopping,
-                                           batch_axis=self.batch_axis)
+                                           batch_axis=self.batch_axis, record=())
         object.__setattr__(self, "fallback", fallback)
 
     @property
@@ -157,13 +174,17 @@ class Solver(Options):
         def f_matrix(matrix: jax.Array) -> jax.Array:
             return view.to_matrix(f(view.from_matrix(matrix), *args)).astype(work)
 
-        best, stats, state = iterate(
+        best, stats, state, recorded = iterate(
             self.method, f_matrix, view.to_matrix(z0).astype(work), self.stopping,
-            None if self.fallback is None else self.fallback.method, prior,
+            None if self.fallback is None else self.fallback.method, prior, self.record,
         )
         if self.batch_axis is None:
             stats = jax.tree_util.tree_map(lambda s: s[0], stats)
-        return Solution(view.from_matrix(best), stats), state
+        states = None
+        if recorded is not None:
+            states = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
+                                            *(view.from_matrix(r) for r in recorded))
+        return Solution(view.from_matrix(best), stats, states), state
 
     def __repr__(self) -> str:
         """``Solver(Broyden(history=7), Stopping(tol=1e-06))``: what differs from the defaults."""
@@ -174,6 +195,8 @@ class Solver(Options):
             parts.append(f"batch_axis={self.batch_axis}")
         if self.fallback is not None:
             parts.append(f"fallback={_short(self.fallback.method)}")
+        if self.record:
+            parts.append(f"record={self.record}")
         return f"Solver({', '.join(parts)})"
 
 

@@ -7,7 +7,7 @@ solvers can be compared one to one.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 
@@ -47,7 +47,11 @@ class Stats(NamedTuple):
 
 
 class Solution(NamedTuple):
-    """A fixed point ``value`` (same pytree, shapes and dtypes as ``z0``) and its ``stats``."""
+    """A fixed point ``value`` (same pytree, shapes and dtypes as ``z0``) and its ``stats``;
+    with a solver's ``record`` option, ``states`` holds the iterates it passed through
+    (every leaf stacked on a new leading axis, one entry per recorded iteration), else
+    ``None``."""
 
     value: PyTree
     stats: Stats
+    states: Optional[PyTree] = None

@@ -24,6 +24,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from implicit.correction import Correction
 from implicit.layer import DEQSettings
 from implicit.modes import Mode
 from implicit.regularizers import JacobianPenalty
@@ -46,7 +47,7 @@ class DEQ(hk.Module):
       fn: ``fn(z, x, *extra) -> z``, returning the structure, shapes and dtypes of
         ``z``; it creates its Haiku modules inside (do not close over modules
         created outside). It must not use Haiku state.
-      solver, backward, return_stats, jacobian_penalty, transform_params,
+      solver, backward, return_stats, jacobian_penalty, transform_params, correction,
         **solver_options: as for every layer (:mod:`implicit.layer`). The penalty draws
         one key with ``hk.next_rng_key()``; ``transform_params`` maps the lifted Haiku
         parameters, e.g. :func:`implicit.haiku.spectral_norm_params` (the stored ones
@@ -70,12 +71,13 @@ class DEQ(hk.Module):
         backward: Union[str, Mode] = "implicit", return_stats: bool = False,
         jacobian_penalty: Optional[JacobianPenalty] = None,
         transform_params: Optional[Callable[[hk.Params], hk.Params]] = None,
+        correction: Optional[Correction] = None,
         name: Optional[str] = None, record_state: bool = False, **solver_options: Any,
     ) -> None:
         super().__init__(name=name)
         self.fn = fn
         self.settings = DEQSettings.build(solver, backward, return_stats, jacobian_penalty,
-                                          transform_params, solver_options)
+                                          transform_params, solver_options, correction)
         self.record_state = record_state
         self._inner = hk.transform(fn)
 

@@ -1,5 +1,5 @@
 """One layer signature across frameworks: ``DEQ(block, *, solver, backward, return_stats,
-jacobian_penalty, transform_params, **solver_options)``, and the same outputs.
+jacobian_penalty, transform_params, correction, **solver_options)``, and the same outputs.
 
 Each layer here wraps the linear block ``z ↦ z Wᵀ + x`` with ``W = 0.5·I`` (d = 3), so
 ``z* = 2x`` and the Jacobian penalty ``‖∂f/∂z‖_F² / numel(z*)`` is ``‖W‖_F² / d = 0.25``
@@ -23,7 +23,8 @@ import implicit.flax
 import implicit.haiku
 from implicit import JacobianPenalty
 
-SHARED = ["solver", "backward", "return_stats", "jacobian_penalty", "transform_params"]
+SHARED = ["solver", "backward", "return_stats", "jacobian_penalty", "transform_params",
+          "correction"]
 OWN = {implicit.haiku.DEQ: ["name", "record_state"], implicit.flax.DEQ: ["rngs"],
        implicit.equinox.DEQ: []}
 D = 3

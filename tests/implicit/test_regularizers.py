@@ -7,12 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from implicit import (
-    fixed_point_correction_loss,
-    jacobian_frobenius_sq,
-    solver_trajectory,
-    spectral_radius,
-)
+from implicit import jacobian_frobenius_sq, spectral_radius
 
 
 @pytest.fixture
@@ -92,44 +87,31 @@ def test_power_method_spectral_radius_and_its_gradient(x64):
     np.testing.assert_allclose(rho, dense, rtol=1e-6)
 
 
-def test_trajectory_and_fixed_point_correction_closed_forms(x64):
-    rng = np.random.default_rng(2)
-    a = rng.standard_normal((4, 4))
-    a *= 0.5 / np.linalg.norm(a, 2)
-    a, b, y = jnp.asarray(a), jnp.asarray(rng.standard_normal(4)), jnp.asarray(np.ones(4))
+def test_jacobian_penalty_power_estimates_the_k_step_jacobian(x64):
+    """``JacobianPenalty(power=k)`` is Hutchinson's estimate of ``‖Jᵏ‖_F² / n``: against the
+    dense ``Jᵏ`` of a linear map, with enough probes; and exactly 0 on a nilpotent ``J`` of
+    index ≤ k (a chain of dependences shorter than k), where ``power=1`` is not."""
+    from implicit import JacobianPenalty
+
+    rng = np.random.default_rng(3)
+    n = 6
+    a = jnp.asarray(0.4 * rng.standard_normal((n, n)))
+    b = jnp.zeros(n)
 
     def linear(z, a, b):
         return a @ z + b
 
-    def loss_fn(z):
-        return 0.5 * jnp.sum((z - y) ** 2)
-
-    @jax.jit
-    def run(a, b):
-        # Broyden's first step is the plain step, so segments of one step give z_k = f(z_{k−1}).
-        states = solver_trajectory(linear, jnp.zeros(4), a, b, num_states=3, steps_per_state=1,
-                                   solver_options={"tol": 1e-14})
-        def loss(a, b):
-            return fixed_point_correction_loss(linear, states, a, b, loss_fn=loss_fn, gamma=0.5)
-
-        return states, loss(a, b), jax.grad(loss, argnums=(0, 1))(a, b)
-
-    states, loss, (grad_a, grad_b) = run(a, b)
-    a, b, y = map(np.asarray, (a, b, y))
-    z, expected_states = np.zeros(4), []
-    for _ in range(3):
-        z = a @ z + b
-        expected_states.append(z)
-    np.testing.assert_allclose(states, np.stack(expected_states), rtol=1e-12)
-    weights = [0.25, 0.5, 1.0]  # γ^(K−1−k)
-    residuals = [a @ z + b - y for z in expected_states]
-    np.testing.assert_allclose(
-        loss, sum(w * 0.5 * r @ r for w, r in zip(weights, residuals, strict=True)), rtol=1e-12
-    )
-    np.testing.assert_allclose(
-        grad_a, sum(w * np.outer(r, z) for w, r, z in zip(weights, residuals, expected_states,
-                                                          strict=True)), rtol=1e-12
-    )
-    np.testing.assert_allclose(
-        grad_b, sum(w * r for w, r in zip(weights, residuals, strict=True)), rtol=1e-12
-    )
+    z = jnp.zeros(n)
+    for k in (1, 2, 3):
+        penalty = JacobianPenalty(num_probes=8000, power=k)
+        value = jax.jit(lambda a: penalty(linear, z, a, b, key=jax.random.PRNGKey(k)))(a)
+        dense = np.linalg.matrix_power(np.asarray(a), k)
+        np.testing.assert_allclose(value, np.sum(dense ** 2) / n, rtol=0.06)
+    chain = jnp.asarray(np.diag(rng.standard_normal(n - 1) + 2.0, k=-1))  # J³ ≠ 0, Jⁿ = 0
+    chain = chain.at[3:, :].set(0.0)  # rows 3.. cut the chain: J has nilpotency index 3
+    for k, zero in ((1, False), (2, False), (3, True)):
+        value = JacobianPenalty(num_probes=16, power=k)(linear, z, chain, b,
+                                                        key=jax.random.PRNGKey(0))
+        assert (float(value) == 0.0) == zero, (k, float(value))
+    with pytest.raises(ValueError, match="power"):
+        JacobianPenalty(power=0)

@@ -10,7 +10,7 @@ import numpy as np
 
 import solvers
 from benchmarks.timing import FAST_COMPILE
-from implicit import Implicit, JacobianPenalty
+from implicit import Correction, Implicit, JacobianPenalty
 from models.lm import next_byte_loss
 from models.transformer import BlockConfig, DEQTransformerLM, UnrolledLM, twin_params
 
@@ -84,3 +84,28 @@ def test_jacobian_regulariser_is_positive_differentiable_and_training_only() -> 
     # the penalty reuses the DEQ's parameters; it does not create a second copy
     plain = jax.eval_shape(lambda key: deq.init(key, tokens, False), jax.random.key(0))
     assert set(params) == set(plain)
+
+
+def test_the_first_correction_state_is_the_twin_of_depth_one() -> None:
+    """With ``correction=Correction(states=2)`` a training call also returns the logits of
+    ``f(z_k, x)`` for ``k = 0`` and ``k = max_iter // 2``: the first is exactly the unrolled
+    twin of depth 1 (one application of the block from ``z0 = 0``), the second is past the
+    solve's stop and so reads out ``f(z*) ≈ z*``; evaluation returns none."""
+    config = BlockConfig(D, HEADS, form="sum")
+    solve = solvers.get("anderson", max_iter=20, tol=1e-6, batch_axis=0)
+    deq = hk.transform(
+        lambda t, training: DEQTransformerLM(
+            VOCAB, config, max_seq_len=SEQ, name="lm", solver=solve,
+            correction=Correction(states=2))(t, is_training=training))
+    twin = hk.transform(lambda t: UnrolledLM(VOCAB, config, depth=1, max_seq_len=SEQ,
+                                             name="lm")(t).logits)
+    tokens = _batch()[:, :-1]
+    params = fast_jit(deq.init, static_argnums=2)(jax.random.key(0), tokens, True)
+    out = fast_jit(deq.apply, static_argnums=3)(params, jax.random.key(1), tokens, True)
+    assert out.correction_logits.shape == (2, *out.logits.shape)
+    np.testing.assert_allclose(out.correction_logits[0],
+                               fast_jit(twin.apply)(twin_params(params), None, tokens),
+                               atol=1e-5)
+    np.testing.assert_allclose(out.correction_logits[1], out.logits, atol=1e-3)
+    assert fast_jit(deq.apply, static_argnums=3)(params, None, tokens, False).correction_logits \
+        is None

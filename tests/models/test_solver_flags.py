@@ -60,7 +60,7 @@ def test_the_backward_flags_build_the_backward_values():
     (dict(stop_mode="relative"), "--stop-mode must be one of 'abs', 'rel', got relative"),
     (dict(phantom_damping=1.5), "--phantom-damping must be a finite number in (0, 1], got 1.5"),
     (dict(dropout=1.0), "--dropout must be a finite number in [0, 1), got 1.0"),
-    (dict(model="rnn"), "--model must be one of 'deq', 'explicit', 'untied', got rnn"),
+    (dict(model="rnn"), "--model must be one of 'deq', 'transformer', 'unrolled', got rnn"),
     (dict(num_heads=5), "--num-heads must divide --d-model 96, got 5"),
     (dict(resume=True, overwrite=True), "--overwrite contradicts --resume"),
 ])
