@@ -354,8 +354,9 @@ def peers() -> list[Contender]:
 
 
 def all_contenders(include_peers: bool = True) -> list[Contender]:
-    """Every registered solver (sorted by name), then the installed peers."""
-    registered: list[Contender] = [Registered(name) for name in solvers.available()]
+    """Every registered solver of general fixed points (sorted by name; not the
+    operator-splitting ones, which need a monotone operator), then the installed peers."""
+    registered: list[Contender] = [Registered(name) for name in solvers.available(general=True)]
     return registered + (peers() if include_peers else [])
 
 
@@ -369,9 +370,9 @@ def variants(specs: Sequence[str], taken: Sequence[str]) -> list[Contender]:
         label, sep, solver = spec.partition("=")
         if not sep or not label or not solver:
             raise ValueError(f"--variant expects LABEL=SOLVER, got {spec!r}")
-        if solver not in solvers.available():
+        if solver not in solvers.available(general=True):
             raise ValueError(f"--variant {spec!r}: unknown solver {solver!r}; available: "
-                             f"{', '.join(solvers.available())}")
+                             f"{', '.join(solvers.available(general=True))}")
         if label in used:
             raise ValueError(f"--variant {spec!r}: the label {label!r} is already a contender")
         used.add(label)

@@ -16,14 +16,15 @@ and against its own unrolled twin.
 
 *Equal steps*: for each seed of ``--seeds``, every model trains ``--steps`` steps (the default
 run's) from its own initialisation on the same batches, one step of each in turn, so load from
-other processes falls on all alike. ``valid bpb`` is the mean over the seeds of the bits per
-byte on the validation text (``--eval-batches``), ``±`` half the range between the best and the
-worst seed (the whole validation text by default, so the DEQ's first seed is the default
-run's final number). *Equal wall-clock*: the time the DEQ's first seed spent in its training steps is
-the budget; every other model trains for that long (steps interleaved, always the one that has
-used the least time next) with its learning-rate schedule laid for the steps its measured step
-time fits in the budget. Columns: parameters, the train step's peak memory (XLA's
-``memory_analysis()`` of the compiled step: arguments + outputs + temporaries − aliased),
+other processes falls on all alike; the costliest rows (``--one-seed``: by default the wide DEQ
+and the deepest Transformer) train at the first seed only. ``valid bpb`` is the mean over the
+seeds of the bits per byte on the validation text (all of it unless ``--eval-batches``, so the
+DEQ's first seed is the default run's final number), ``±`` half the range between the best
+and the worst seed. *Equal wall-clock*: the time the DEQ's first seed spent in its training
+steps is the budget; every Transformer trains for that long (steps interleaved, always the
+one that has used the least time next) with its learning-rate schedule laid for the steps
+its measured step time fits in the budget. Columns: parameters, the train step's peak memory
+(XLA's ``memory_analysis()`` of the compiled step: arguments + outputs + temporaries − aliased),
 tokens per second (batch × sequence length over the median step time), forward
 ``f``-evaluations and adjoint iterations (one VJP of ``f`` each) per step, and the bits per
 byte and steps of both comparisons.
@@ -75,6 +76,8 @@ def _fmt(digits: int):
 
 
 def _fmt_spread(row: dict[str, Any]) -> str:
+    if len(row["seeds"]) == 1:
+        return f"{row['valid_bpb']:.3f} (1 seed)"
     return f"{row['valid_bpb']:.3f} ± {row['valid_bpb_spread']:.3f}"
 
 
@@ -119,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="layers of the standard Transformers")
     parser.add_argument("--wide-d-model", type=int, default=WIDE_D_MODEL,
                         help="width of the wide DEQ row (0: no such row)")
+    parser.add_argument("--one-seed", nargs="*", default=None, metavar="MODEL",
+                        help="rows trained at the first seed only, to save time (default: "
+                        "the wide DEQ and the deepest Transformer)")
     parser.add_argument("--no-equal-time", action="store_true",
                         help="skip the equal wall-clock runs")
     parser.add_argument("--depths", type=int, nargs="*", default=list(DEFAULT_DEPTHS),
@@ -263,10 +269,13 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _main_rows(args: argparse.Namespace, data: _Data) -> tuple[list[dict[str, Any]], float]:
     """The main table's rows, and the equal-time budget in seconds."""
     runs: dict[str, list[dict[str, Any]]] = {}
+    one_seed = _one_seed_models(args)
     for seed in args.seeds:
         start = time.perf_counter()
-        candidates = _train_side_by_side(model_configs(args, args.steps, seed), data,
-                                         data.sampler(args, seed))
+        configs = model_configs(args, args.steps, seed)
+        if seed != args.seeds[0]:
+            configs = {name: c for name, c in configs.items() if name not in one_seed}
+        candidates = _train_side_by_side(configs, data, data.sampler(args, seed))
         for name, c in candidates.items():
             summary = c.evaluate(data.valid, data.mesh)
             runs.setdefault(name, []).append({
@@ -291,10 +300,25 @@ def _main_rows(args: argparse.Namespace, data: _Data) -> tuple[list[dict[str, An
             "valid_converged": _mean_or_none([r["valid_converged"] for r in seeds]),
             "valid_bpb": float(np.mean(bpbs)),
             "valid_bpb_spread": (max(bpbs) - min(bpbs)) / 2, "valid_bpb_seeds": bpbs,
-            "steps": args.steps, "seeds": list(args.seeds),
+            "steps": args.steps, "seeds": [r["seed"] for r in seeds],
         })
     budget = runs["deq"][0]["train_s"]
     return rows, budget
+
+
+def _one_seed_models(args: argparse.Namespace) -> set[str]:
+    """The rows of ``--one-seed``; by default the wide DEQ and the deepest Transformer."""
+    if args.one_seed is not None:
+        names = set(model_configs(args, args.steps, args.seeds[0]))
+        unknown = sorted(set(args.one_seed) - names)
+        if unknown:
+            raise SystemExit(f"--one-seed: no row named {', '.join(unknown)} "
+                             f"(rows: {', '.join(names)})")
+        return set(args.one_seed)
+    costly = {f"deq-d{args.wide_d_model}"} if args.wide_d_model else set()
+    if len(args.layers) > 1:
+        costly.add(f"transformer-{max(args.layers)}")
+    return costly
 
 
 def _mean_or_none(values: list[Optional[float]]) -> Optional[float]:
@@ -304,15 +328,16 @@ def _mean_or_none(values: list[Optional[float]]) -> Optional[float]:
 
 def _equal_time(args: argparse.Namespace, rows: list[dict[str, Any]], budget: float,
                 data: _Data) -> None:
-    """Add ``time_steps`` and ``time_bpb`` to ``rows``: each model trained for ``budget``
-    seconds at the first seed, its schedule laid for the steps its step time fits."""
+    """Add ``time_steps`` and ``time_bpb`` to the Transformers' rows: each trained for
+    ``budget`` seconds at the first seed, its schedule laid for the steps its step time fits
+    (the wide DEQ is not a baseline and has no equal-time run)."""
     seed = args.seeds[0]
     start = time.perf_counter()
     configs = model_configs(args, args.steps, seed)
     by_name = {row["model"]: row for row in rows}
     sized = {}
     for name, config in configs.items():
-        if name == "deq":  # its equal-steps run used exactly the budget
+        if name.startswith("deq"):  # the DEQ's equal-steps run used exactly the budget
             continue
         steps = max(2, int(budget / by_name[name]["step_s"]))
         sized[name] = dataclasses.replace(

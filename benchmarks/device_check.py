@@ -12,18 +12,21 @@ that no part can take the others' time:
 
 1. ``correctness`` — on the device:
 
-   * the **dtype matrix**: every registered solver on ``z = tanh(z Wᵀ + b)`` (``‖W‖₂ = ½``,
-     batch 256, d = 1024) in float32 (at JAX's default matmul precision, which on some GPUs
-     allows TF32 products, and at ``"highest"``) and bfloat16, against a float64
-     NumPy reference: converged, relative error, pass at ``10 × tol`` of the dtype;
+   * the **dtype matrix**: every registered solver of general fixed points
+     (``solvers.available(general=True)``: not the operator-splitting ones, which need a
+     monotone layer) on ``z = tanh(z Wᵀ + b)`` (``‖W‖₂ = ½``, batch 256, d = 1024) in
+     float32 (at JAX's default matmul precision, which on some GPUs allows TF32 products, and
+     at ``"highest"``) and bfloat16, against a float64 NumPy reference: converged, relative
+     error, pass at ``10 × tol`` of the dtype;
    * **implicit against unrolled gradients** (:func:`implicit.testing.check_fixed_point_grads`):
      the implicit gradient against backpropagation through 500 plain iterations and against
      finite differences, in float32.
 
 2. ``solvers`` — :mod:`benchmarks.compare_solvers` on ``slow-modes-0.99`` at d = 4096 and
-   16384, batch 256: every registered solver and the jaxopt and optimistix peers, forward
-   solves only (ms per solve, iterations, overhead over the cost of ``f``), float32 at
-   ``"highest"`` matmul precision so that every solver can reach the tolerance.
+   16384, batch 256: every registered solver of general fixed points and the jaxopt and
+   optimistix peers, forward solves only (ms per solve, iterations, overhead over the cost of
+   ``f``), float32 at ``"highest"`` matmul precision so that every solver can reach the
+   tolerance.
 
 3. ``lm`` — first the **run-to-run determinism of a DEQ train step** (listed under
    correctness): three steps of the DEQ LM, twice from the same state with the same compiled
@@ -265,8 +268,8 @@ def _tanh_layer(z: Any, w: Any, b: Any) -> Any:
 
 
 def dtype_matrix(settings: Settings, part: Part) -> None:
-    """Every registered solver (``fixed_point`` alone with ``--quick``) on the tanh layer in
-    each of :data:`MATRIX_ROWS`."""
+    """Every registered solver of general fixed points (``fixed_point`` alone with
+    ``--quick``) on the tanh layer in each of :data:`MATRIX_ROWS`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -281,7 +284,7 @@ def dtype_matrix(settings: Settings, part: Part) -> None:
     z = np.zeros((batch, d))
     for _ in range(80):  # a contraction of rate ½: 80 steps reach float64's resolution
         z = np.tanh(z @ w.T + b)
-    names = ("fixed_point",) if settings.quick else solvers.available()
+    names = ("fixed_point",) if settings.quick else solvers.available(general=True)
     rows = []
     for dtype, precision in MATRIX_ROWS:
         label = f"{dtype}" + (f", {precision} precision" if precision else "")

@@ -152,8 +152,10 @@ KRYLOV_NAMES: tuple[str, ...] = tuple(KRYLOV_SOLVERS)
 
 
 def available() -> tuple[str, ...]:
-    """Names accepted as the backward solver: the solver registry, then the Krylov solvers."""
-    return solvers.available() + KRYLOV_NAMES
+    """Names accepted as the backward solver: the registry's solvers of general fixed points
+    (not the operator-splitting ones, which need a monotone operator), then the Krylov
+    solvers."""
+    return solvers.available(general=True) + KRYLOV_NAMES
 
 
 def registry_linear_solve(

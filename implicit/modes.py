@@ -142,8 +142,14 @@ def _backward_value(name: str) -> Union[Method, Krylov]:
     or a registry solver's method at its defaults."""
     if name in KRYLOV_SOLVERS:
         return KRYLOV_SOLVERS[name]()
-    if name in solvers.available():
+    if name in solvers.available(general=True):
         return solvers.get(name).method
+    if name in solvers.available():
+        raise ValueError(
+            f"backward solver {name!r} solves monotone operator equilibria only, and the "
+            "tangent and adjoint equations are linear maps without an operator; valid "
+            f"backward solvers: {', '.join(available())}"
+        )
     raise ValueError(
         f"unknown backward solver {name!r}; valid backward solvers: {', '.join(available())}"
     )

@@ -10,30 +10,36 @@ Built in, ours: :class:`Broyden` (``"broyden"``, limited-memory good Broyden),
 :class:`Anderson` (``"anderson"``, type-II Anderson, safeguarded for float32) and
 :class:`FixedPoint` (``"fixed_point"``, damped iteration); the design's jaxopt
 alternatives: :class:`JaxoptAnderson`, :class:`JaxoptBroyden` and
-:class:`JaxoptFixedPoint` (``"jaxopt_*"``). Every method is run by the one shared loop
-(:mod:`solvers.loop`) under a :class:`Stopping` rule, which reports why each sample
-stopped (:class:`Reason`, :func:`explain`) and can hand a failing sample to a
+:class:`JaxoptFixedPoint` (``"jaxopt_*"``); and, for monotone operator equilibria
+``z = σ(W z + c)`` only (:mod:`solvers.splitting`, Winston & Kolter 2020), the
+operator-splitting methods :class:`ForwardBackward` (``"forward_backward"``) and
+:class:`PeacemanRachford` (``"peaceman_rachford"``), which step on the
+:class:`MonotoneOperator` among the solve's arguments. Every method is run by the one
+shared loop (:mod:`solvers.loop`) under a :class:`Stopping` rule, which reports why each
+sample stopped (:class:`Reason`, :func:`explain`) and can hand a failing sample to a
 ``fallback`` solver. Write your own :class:`Method` and use it directly, or
 :func:`register` it by name. :mod:`solvers.options` holds the one validator of typed
 options and :mod:`solvers.pytree` the pytree arithmetic the whole toolkit shares.
 """
 
-from solvers import pytree
+from solvers import pytree, splitting
 from solvers.anderson import Anderson
 from solvers.broyden import Broyden
 from solvers.fixed_point import FixedPoint
 from solvers.jaxopt_adapters import JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint
 from solvers.loop import Reason
-from solvers.method import Growable, Method, Restartable, WarmStartable
+from solvers.method import Growable, Method, Restartable, Structured, WarmStartable
 from solvers.options import Option, option
 from solvers.pytree import residuals
 from solvers.registry import available, register, unregister
 from solvers.solver import COMMON_OPTIONS, Solver, declared, get
+from solvers.splitting import ForwardBackward, MonotoneOperator, PeacemanRachford
 from solvers.stopping import Stopping
 from solvers.summary import explain
 from solvers.types import PyTree, Solution, Stats
 
-for _method in (Broyden, Anderson, FixedPoint, JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint):
+for _method in (Broyden, Anderson, FixedPoint, JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint,
+                ForwardBackward, PeacemanRachford):
     register(_method.name, _method)
 del _method
 
@@ -42,12 +48,15 @@ __all__ = [
     "Anderson",
     "Broyden",
     "FixedPoint",
+    "ForwardBackward",
     "Growable",
     "JaxoptAnderson",
     "JaxoptBroyden",
     "JaxoptFixedPoint",
     "Method",
+    "MonotoneOperator",
     "Option",
+    "PeacemanRachford",
     "PyTree",
     "Reason",
     "Restartable",
@@ -55,6 +64,7 @@ __all__ = [
     "Solver",
     "Stats",
     "Stopping",
+    "Structured",
     "WarmStartable",
     "available",
     "declared",
@@ -64,5 +74,6 @@ __all__ = [
     "pytree",
     "register",
     "residuals",
+    "splitting",
     "unregister",
 ]

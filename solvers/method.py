@@ -22,7 +22,10 @@ What it can do beyond moving is said by the small abstract classes it also deriv
   solve, and ``transpose`` turns a final state into the start of the transposed linear
   problem (the adjoint of a fixed point: SHINE);
 * :class:`Growable` — ``room`` and ``grow`` let the state start in small buffers that the
-  loop moves into larger ones only when a solve fills them.
+  loop moves into larger ones only when a solve fills them;
+* :class:`Structured` — ``bind`` gives a method that solves only problems of a special
+  form (the operator-splitting methods of :mod:`solvers.splitting`) what evaluations of
+  ``f`` do not tell it, found among the solve's arguments, once per solve.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import jax
 
+from solvers.flat import FlatView
 from solvers.options import Options
 from solvers.stopping import Stopping
 
@@ -123,3 +127,21 @@ class Growable(abc.ABC):
     def grow(self, state: Any, stopping: Stopping) -> Optional[Any]:
         """The same state in larger buffers, or ``None`` (decided from shapes alone) once it
         is full size."""
+
+
+class Structured(abc.ABC):
+    """A method for problems of a special form only, not for any ``z = f(z, *args)``.
+
+    Evaluations of ``f`` are all the shared loop hands a method. A structured method needs
+    more: the operator-splitting methods (:mod:`solvers.splitting`) step on the pieces of a
+    monotone operator, which the problem carries among its arguments. :class:`solvers.Solver`
+    calls :meth:`bind` once per solve, before the loop, and the loop then passes the map it
+    returns as ``f`` to :meth:`Method.step`. ``solvers.available(general=True)`` leaves such
+    methods out.
+    """
+
+    @abc.abstractmethod
+    def bind(self, f: FlatMap, args: tuple, view: FlatView, dtype: Any) -> FlatMap:
+        """``f`` (on the ``(batch, size)`` matrix of ``view``, in ``dtype``) with what this
+        method needs of the problem, taken from the solve's arguments ``args``; raises an
+        error naming what is missing when they do not hold it."""

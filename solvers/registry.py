@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Union
 
-from solvers.method import Method
+from solvers.method import Method, Structured
 
 Entry = Union[type[Method], Callable[..., Any]]
 """What a name stands for: a :class:`Method` subclass, or a factory of solvers."""
@@ -40,9 +40,14 @@ def unregister(name: str) -> None:
     del _REGISTRY[name]
 
 
-def available() -> tuple[str, ...]:
-    """The names of the registered solvers, sorted."""
-    return tuple(sorted(_REGISTRY))
+def available(*, general: bool = False) -> tuple[str, ...]:
+    """The names of the registered solvers, sorted; with ``general=True`` only those that
+    solve any ``z = f(z, *args)``, leaving out the :class:`~solvers.method.Structured`
+    methods (the operator-splitting ones, which need a monotone operator)."""
+    return tuple(sorted(
+        name for name, entry in _REGISTRY.items()
+        if not (general and isinstance(entry, type) and issubclass(entry, Structured))
+    ))
 
 
 def lookup(name: Any) -> Entry:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import solvers.options as declarations
 from solvers.flat import flat_view
 from solvers.loop import iterate
-from solvers.method import Method, Restartable, WarmStartable
+from solvers.method import Method, Restartable, Structured, WarmStartable
 from solvers.options import Check, Option, Options, check_names, one_of, option
 from solvers.registry import lookup
 from solvers.stopping import Stopping
@@ -174,9 +174,14 @@ class Solver(Options):
         def f_matrix(matrix: jax.Array) -> jax.Array:
             return view.to_matrix(f(view.from_matrix(matrix), *args)).astype(work)
 
+        fallback = None if self.fallback is None else self.fallback.method
+        step_on: Callable[[jax.Array], jax.Array] = f_matrix
+        for method in (self.method, fallback):
+            if isinstance(method, Structured):  # once per solve, before the loop
+                step_on = method.bind(step_on, args, view, work)
         best, stats, state, recorded = iterate(
-            self.method, f_matrix, view.to_matrix(z0).astype(work), self.stopping,
-            None if self.fallback is None else self.fallback.method, prior, self.record,
+            self.method, step_on, view.to_matrix(z0).astype(work), self.stopping, fallback,
+            prior, self.record,
         )
         if self.batch_axis is None:
             stats = jax.tree_util.tree_map(lambda s: s[0], stats)

@@ -19,16 +19,32 @@ torchdeq's ``apply_norm``, in two forms:
 
 ``σ`` is the exact largest singular value. :func:`linear_weights` (the default selection)
 picks the 2-D ``w`` of every ``hk.Linear``.
+
+:func:`apply_norm` is the general form, with the norms of :mod:`implicit.norms` (weight
+norm, spectral norm by power iteration or exact, learnable or fixed scale, clip), for
+``DEQ(fn, transform_params=apply_norm(...))``: the learnable scales are Haiku parameters,
+the power-iteration vectors Haiku state (``hk.transform_with_state``), re-estimated at
+every call of the layer, i.e. whenever the weights may have changed (torchdeq's
+``reset_norm`` at the start of each forward pass).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+
+from implicit.norms import (
+    Norm,
+    Normalization,
+    NormState,
+    as_norm,
+    largest_singular_value,
+    weights,
+)
 
 Where = Callable[[str, str, tuple], bool]
 """``where(module_name, name, shape) -> bool``: which parameters to normalise."""
@@ -37,19 +53,6 @@ Where = Callable[[str, str, tuple], bool]
 def linear_weights(module_name: str, name: str, shape: tuple) -> bool:
     """The default selection: every 2-D parameter named ``w`` (``hk.Linear`` and alike)."""
     return name == "w" and len(shape) == 2
-
-
-@jax.custom_jvp
-def largest_singular_value(w: jax.Array) -> jax.Array:
-    """``σ₁(w)``, the spectral norm of the matrix ``w``; its derivative is ``u₁ᵀ dW v₁``."""
-    return jnp.linalg.svd(w, compute_uv=False)[0]
-
-
-@largest_singular_value.defjvp
-def _largest_singular_value_jvp(primals: tuple, tangents: tuple) -> tuple:
-    (w,), (dw,) = primals, tangents
-    u, s, vt = jnp.linalg.svd(w, full_matrices=False)
-    return s[0], u[:, 0] @ dw @ vt[0]
 
 
 def spectral_norm_bound(w: jax.Array, bound: float) -> jax.Array:
@@ -108,3 +111,58 @@ def spectral_norm(
             return fn(*args, **kwargs)
 
     return bounded
+
+
+def _name(path: str, what: str) -> str:
+    """A Haiku name for the ``what`` of the parameter at ``path``: ``"['mlp/~/linear']['w']"``
+    gives ``"mlp/~/linear/w:scale"``."""
+    return "/".join(part.strip("'\"") for part in path.strip("[]").split("][")) + ":" + what
+
+
+def apply_norm(
+    norm: Union[str, Norm] = "weight_norm", *,
+    where: Optional[Callable[[str, Any], bool]] = None, axis: int = -1, **options: Any,
+) -> Callable[[hk.Params], hk.Params]:
+    """``params ↦ params`` with weight or spectral normalisation (:mod:`implicit.norms`) of
+    the selected parameters, for ``DEQ(fn, transform_params=...)``; call it inside a Haiku
+    transform.
+
+    Args:
+      norm: ``"weight_norm"``, ``"spectral_norm"`` or a :class:`implicit.norms.WeightNorm`
+        / :class:`implicit.norms.SpectralNorm` value.
+      where: which parameters (``where(path, value)``, ``path`` as ``"['deq/~/linear']['w']"``;
+        default: every floating parameter of rank ≥ 2, such as ``hk.Linear``'s ``w``).
+      axis: the output axis of the selected parameters (default ``-1``, Haiku's).
+      **options: options of the norm (``learn_scale``, ``target``, ``clip``,
+        ``power_iterations``, ``exact``).
+
+    Each selected parameter ``P`` gets a learnable scale ``"P:scale"`` (a Haiku parameter of
+    the calling module) and, for a spectral norm by power iteration, a vector ``"P:u"`` (Haiku
+    state, drawn at init with ``hk.next_rng_key()``), re-estimated at every call.
+    """
+    normalization = Normalization(as_norm(norm, **options), where or weights, axis)
+    norm_value = normalization.norm
+
+    def transform(params: hk.Params) -> hk.Params:
+        chosen = normalization.selected(params)
+        scales, vectors = {}, {}
+        for path, w in chosen.items():
+            size = (w.shape[axis],)
+            if norm_value.learn_scale:
+                def start(shape: tuple, dtype: Any, w: jax.Array = w) -> jax.Array:
+                    return norm_value.initial_scale(w, axis).astype(dtype)
+
+                scales[path] = hk.get_parameter(_name(path, "scale"), size, w.dtype, init=start)
+            if norm_value.needs_vector():
+                def draw(shape: tuple, dtype: Any) -> jax.Array:
+                    u = jax.random.normal(hk.next_rng_key(), shape, dtype)
+                    return u / jnp.linalg.norm(u)
+
+                vectors[path] = hk.get_state(_name(path, "u"), size,
+                                             jnp.promote_types(w.dtype, jnp.float32), init=draw)
+        state = normalization.reset(params, NormState(scales, vectors))
+        for path, vector in state.vectors.items():
+            hk.set_state(_name(path, "u"), vector)
+        return normalization.apply(params, state)
+
+    return transform

@@ -104,8 +104,7 @@ def test_jacobian_penalty_power_estimates_the_k_step_jacobian(x64):
     z = jnp.zeros(n)
     for k in (1, 2, 3):
         penalty = JacobianPenalty(num_probes=8000, power=k)
-        key = jax.random.PRNGKey(k)
-        value = jax.jit(lambda a, penalty=penalty, key=key: penalty(linear, z, a, b, key=key))(a)
+        value = jax.jit(lambda a, p=penalty, k=k: p(linear, z, a, b, key=jax.random.PRNGKey(k)))(a)
         dense = np.linalg.matrix_power(np.asarray(a), k)
         np.testing.assert_allclose(value, np.sum(dense ** 2) / n, rtol=0.06)
     chain = jnp.asarray(np.diag(rng.standard_normal(n - 1) + 2.0, k=-1))  # J³ ≠ 0, Jⁿ = 0

@@ -44,7 +44,7 @@ def compiled(name: str, tol: float):
 
 @pytest.mark.parametrize("x64", [False, True], ids=["x64-off", "x64-on"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", solvers.available())
+@pytest.mark.parametrize("name", solvers.available(general=True))
 def test_every_solver_on_every_dtype(name, dtype, x64):
     with jax.enable_x64(x64):
         state_dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.dtype(dtype)))

@@ -143,7 +143,7 @@ def test_fallback_value_is_a_solver_option_with_the_same_budget():
         solvers.get("broyden", fallback=solvers.get("fixed_point", fallback="fixed_point"))
 
 
-@pytest.mark.parametrize("name", solvers.available())
+@pytest.mark.parametrize("name", solvers.available(general=True))
 def test_an_empty_batch_solves_to_an_empty_batch(name):
     z0 = {"a": jnp.zeros((0, 3)), "b": jnp.zeros((0, 2, 2))}
     solve = solvers.get(name, batch_axis=0)
