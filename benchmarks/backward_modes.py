@@ -1,4 +1,5 @@
-"""Gradient modes side by side: implicit (per backward solver) vs phantom vs JFB vs unroll.
+"""Gradient modes side by side: implicit (per backward solver, and with a fallback) vs
+phantom vs JFB vs unroll vs reversible.
 
     python -m benchmarks.backward_modes            # the default suite (a few minutes)
     python -m benchmarks.backward_modes --quick    # under a minute: a smoke run
@@ -12,12 +13,18 @@ Every mode differentiates the same forward solve (``--solver``, per-sample relat
   ``gmres``, ``bicgstab``, ``normal_cg``, all at the forward tolerance;
 * ``phantom`` — ``--phantom-steps`` damped steps from ``z*`` (damping ``--phantom-damping``);
 * ``jfb`` — Jacobian-free backprop (one undamped step, ``∂f/∂z`` taken as 0);
-* ``unroll`` — backpropagation through all ``--max-iter`` solver iterations (fixed length).
+* ``unroll`` — backpropagation through all ``--max-iter`` solver iterations (fixed length);
+* ``implicit+fallback`` — the implicit gradient (adjoint solved by the forward solver) whose
+  samples with an adjoint solve that misses its tolerance fall back to the phantom gradient
+  (``Implicit(fallback=...)``);
+* ``reversible`` — the exact gradient of the reversible iteration (which then is the forward
+  solver, with the same stopping rule), rebuilt backwards in constant memory.
 
 Columns: cosine similarity and relative error of the gradient against the exact one (the
 float64 reference of :mod:`benchmarks.reference`), median forward+backward time (after a
-warm-up, round-robin, blocked on), its ratio to ``implicit[<solver>]``, and the peak and
-temporary memory of the compiled forward+backward (XLA's memory analysis).
+warm-up, round-robin, blocked on), its ratio to ``implicit[<solver>]``, the peak and
+temporary memory of the compiled forward+backward (XLA's memory analysis), and for the
+fallback the share of samples whose gradient fell back.
 """
 
 from __future__ import annotations
@@ -28,13 +35,26 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import jax
+import numpy as np
+
 import solvers
 from benchmarks import cli, output
 from benchmarks import reference as reference_lib
 from benchmarks.problems import Problem
 from benchmarks.reference import loss_and_grad
 from benchmarks.timing import measure
-from implicit import JFB, Implicit, Mode, Phantom, Unroll, backward_solvers, fixed_point
+from implicit import (
+    JFB,
+    Implicit,
+    Mode,
+    Phantom,
+    Reversible,
+    SolveReport,
+    Unroll,
+    backward_solvers,
+    fixed_point,
+)
 
 DEFAULTS = cli.Defaults(
     problems=("gauss", "slow-modes-0.99", "orthogonal", "noncontractive"), dims=(256,),
@@ -52,29 +72,43 @@ COLUMNS = (
     output.Column("vs_implicit", "× implicit", output.fmt_ratio),
     output.Column("peak_bytes", "peak MiB", output.fmt_mib),
     output.Column("temp_bytes", "temp MiB", output.fmt_mib),
+    output.Column("fell_back", "fell back", output.fmt_percent),
 )
 CSV_KEYS = (
     "problem", "dim", "batch", "mode", "backward", "backward_solver", "status", "cosine",
-    "grad_rel_error", "forward_backward_s", "vs_implicit", "peak_bytes", "temp_bytes", "note",
+    "grad_rel_error", "forward_backward_s", "vs_implicit", "peak_bytes", "temp_bytes",
+    "fell_back", "note",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One gradient mode under test: a table label and the mode value."""
+    """One gradient mode under test: a table label, the mode value, and the list its
+    backward solves report to (a mode with a fallback)."""
 
     label: str
     mode: Mode
+    reports: Optional[list] = dataclasses.field(default=None, compare=False)
 
 
 def candidates(phantom: Phantom) -> list[Candidate]:
     """``implicit[...]`` for every registered and Krylov backward solver, then the others."""
     implicit = [Candidate(f"implicit[{name}]", Implicit(name)) for name in backward_solvers()]
+    reports: list[SolveReport] = []
     return implicit + [
         Candidate(f"phantom[k={phantom.steps}, λ={phantom.damping:g}]", phantom),
         Candidate("jfb", JFB()),
         Candidate("unroll", Unroll()),
+        Candidate("implicit+fallback", Implicit(fallback=phantom, monitor=reports.append),
+                  reports),
+        Candidate("reversible", Reversible()),
     ]
+
+
+def fallback_share(reports: list[SolveReport]) -> Optional[float]:
+    """The share of systems whose derivative fell back, over ``reports``."""
+    flags = [np.ravel(r.fell_back) for r in reports if r.fell_back is not None]
+    return float(np.mean(np.concatenate(flags))) if flags else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +146,8 @@ def run_problem(
                           stop_mode="rel", batch_axis=0)
     programs = {}
     for candidate in modes:
+        if candidate.reports is not None:
+            candidate.reports.clear()
         def solution(z0: Any, *a: Any, mode: Mode = candidate.mode) -> Any:
             return fixed_point(problem.f, z0, *a, solver=forward, backward=mode).value
 
@@ -142,6 +178,9 @@ def run_problem(
             )
             if outcome.warnings:
                 row["note"] = "; ".join(outcome.warnings)
+            if candidate.reports is not None:
+                jax.effects_barrier()
+                row["fell_back"] = fallback_share(candidate.reports)
         rows.append(row)
     base = next((r for r in rows if r["mode"] == f"implicit[{config.solver}]"), None)
     for row in rows:

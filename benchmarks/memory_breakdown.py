@@ -47,13 +47,16 @@ VARIANTS: tuple[str, ...] = (
     "--backward jfb --jac-reg 0",
     "--backward-solver-options history=2",
     "--backward-solver fixed_point --backward-max-iter 30",
+    "--backward-fallback phantom",
+    "--backward reversible",
     "--model transformer --depth 1",
     "--model transformer --depth 2",
     BASELINE,
 )
 """The default rows: the defaults, then the fixed-point correction taken away (and the block
 with it), then each part of the DEQ's backward taken away (the implicit adjoint, the Jacobian
-regulariser, both, half the adjoint's history, an adjoint without history), then the
+regulariser, both, half the adjoint's history, an adjoint without history), the adjoint with
+its per-sequence phantom fallback, the reversible gradient instead of the adjoint, then the
 standard Transformers of one and two layers, then the unrolled twin."""
 QUICK_SIZE = "--d-model 16 --num-heads 2 --seq-len 16 --batch-size 4"
 QUICK_VARIANTS = (DEFAULTS, "--fp-correction 0", BASELINE)

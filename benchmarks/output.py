@@ -55,6 +55,10 @@ def fmt_mib(nbytes: Any) -> str:
     return f"{float(nbytes) / 2**20:.1f}"
 
 
+def fmt_percent(share: Any) -> str:
+    return f"{100 * float(share):.0f}%"
+
+
 def fmt_cos(value: Any) -> str:
     return f"{float(value):.6f}"
 

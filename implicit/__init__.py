@@ -8,9 +8,11 @@
 * Gradient modes as values (:mod:`implicit.modes`): :class:`Implicit` (implicit
   function theorem, forward and reverse mode; tangent and adjoint equations solved by
   a fixed-point solver or a Krylov solver — :class:`GMRES`, :class:`BiCGStab`,
-  :class:`NormalCG`, :mod:`implicit.linear`), :class:`Phantom`, :class:`JFB` and
-  :class:`Unroll`; the strings ``"implicit"``, ``"phantom"``, ``"jfb"``, ``"unroll"``
-  stand for their defaults.
+  :class:`NormalCG`, :mod:`implicit.linear`), :class:`Phantom`, :class:`JFB`,
+  :class:`Unroll` and :class:`Reversible` (the exact derivative of the reversible
+  iteration, rebuilt backwards in constant memory: :mod:`implicit.reversible`); the strings
+  ``"implicit"``, ``"phantom"``, ``"jfb"``, ``"unroll"``, ``"reversible"`` stand for their
+  defaults.
 * The layers, one signature in every framework (:mod:`implicit.layer`):
   :class:`implicit.haiku.DEQ` (Haiku), and :class:`implicit.flax.DEQ` (Flax NNX) and
   :class:`implicit.equinox.DEQ` (Equinox) as optional extras (``pip install -e
@@ -18,7 +20,10 @@
   and ``implicit.equinox`` are imported on first use. :func:`deq` is a shim with the
   call shape of the original (seed) Haiku DEQ code.
 * Convergence reports (:mod:`implicit.convergence`): :class:`ForwardSolveWarning`,
-  :class:`BackwardSolveWarning` and the monitor's :class:`SolveReport`.
+  :class:`BackwardSolveWarning` (and its :class:`BackwardFallbackWarning`, when
+  ``Implicit(..., fallback=Phantom())`` took over the derivative of the systems whose
+  backward solve failed, and :class:`ReconstructionWarning`) and the monitor's
+  :class:`SolveReport`.
 * The gradient audit (:mod:`implicit.audit`): :func:`audit_gradient` measures how far a
   mode's gradient is from the exact one, on your own model.
 * Regularisers (:mod:`implicit.regularizers`): :class:`JacobianPenalty`,
@@ -41,7 +46,13 @@ from implicit.audit import (
     compare_gradients,
     reference_configuration,
 )
-from implicit.convergence import BackwardSolveWarning, ForwardSolveWarning, SolveReport
+from implicit.convergence import (
+    BackwardFallbackWarning,
+    BackwardSolveWarning,
+    ForwardSolveWarning,
+    ReconstructionWarning,
+    SolveReport,
+)
 from implicit.correction import (
     Correction,
     correction_states,
@@ -54,11 +65,21 @@ from implicit.fixed_point import fixed_point
 from implicit.layer import DEQSettings
 from implicit.linear import GMRES, KRYLOV_NAMES, BiCGStab, Krylov, NormalCG
 from implicit.linear import available as backward_solvers
-from implicit.modes import BACKWARD_MODES, JFB, Implicit, Mode, Phantom, Unroll, as_mode
+from implicit.modes import (
+    BACKWARD_MODES,
+    JFB,
+    Implicit,
+    Mode,
+    Phantom,
+    Reversible,
+    Unroll,
+    as_mode,
+)
 from implicit.regularizers import JacobianPenalty, jacobian_frobenius_sq, spectral_radius
 
 __all__ = [
     "BACKWARD_MODES",
+    "BackwardFallbackWarning",
     "BackwardSolveWarning",
     "Correction",
     "BiCGStab",
@@ -74,6 +95,8 @@ __all__ = [
     "Mode",
     "NormalCG",
     "Phantom",
+    "ReconstructionWarning",
+    "Reversible",
     "SolveReport",
     "Unroll",
     "as_mode",

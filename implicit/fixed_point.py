@@ -43,7 +43,7 @@ def fixed_point(
         ``z0``. It may close over traced values (parameters of an outer
         transformation); they are differentiated like ``args``.
       z0: the initial guess (any pytree of floating arrays). Its derivative is
-        exactly zero in every mode but ``Unroll``.
+        exactly zero in every mode but ``Unroll`` and ``Reversible``.
       *args: pytrees passed to ``f``; derivatives flow to their floating leaves.
       solver: the forward solver: a :class:`solvers.Solver` value, or a name from
         ``solvers.available()`` (the string front door, :func:`solvers.get`).
@@ -52,8 +52,9 @@ def fixed_point(
         (:meth:`solvers.Solver.replace`).
       backward: the gradient mode: :class:`~implicit.modes.Implicit` (default),
         :class:`~implicit.modes.Phantom`, :class:`~implicit.modes.JFB`,
-        :class:`~implicit.modes.Unroll`, or their names ``"implicit"``, ``"phantom"``,
-        ``"jfb"``, ``"unroll"`` for their defaults.
+        :class:`~implicit.modes.Unroll`, :class:`~implicit.modes.Reversible` (which runs
+        the forward solve with the reversible iteration), or their names ``"implicit"``,
+        ``"phantom"``, ``"jfb"``, ``"unroll"``, ``"reversible"`` for their defaults.
       correction: a :class:`implicit.Correction`: the forward solve also hands out the
         iterates it names, in ``Solution.states`` (no derivative; give them one with
         :func:`implicit.correction_states` or use them in
@@ -64,7 +65,9 @@ def fixed_point(
       the derivative of the chosen mode; ``stats`` are the forward statistics
       (:class:`solvers.Stats`) under ``stop_gradient``; ``states`` the recorded
       iterates (``None`` without a ``correction``). A backward solve that does not
-      converge emits :class:`implicit.BackwardSolveWarning`.
+      converge emits :class:`implicit.BackwardSolveWarning` (with
+      ``Implicit(fallback=...)``, :class:`implicit.BackwardFallbackWarning`: those systems
+      took the fallback mode's derivative).
 
     Raises:
       ValueError: an unknown ``solver`` or ``backward`` (the message lists the valid

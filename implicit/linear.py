@@ -28,7 +28,10 @@ from one of two kinds of values:
 
 A solve that does not converge is not silent: it emits a
 :class:`~implicit.convergence.BackwardSolveWarning` through :func:`jax.debug.callback`,
-which works inside and outside ``jit``.
+which works inside and outside ``jit``. Given a ``fallback`` (a :data:`LinearSolve` that
+always answers, such as :func:`damped_steps`, the phantom gradient's), each system whose
+solve missed its tolerance takes the fallback's answer instead, and is reported as such
+(:class:`~implicit.convergence.BackwardFallbackWarning`).
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 import solvers
 from implicit.convergence import Monitor, report_backward
@@ -52,6 +56,16 @@ jaxopt_linear = import_jaxopt("linear_solve")
 
 Matvec = Callable[[PyTree], PyTree]
 LinearSolve = Callable[[Matvec, PyTree], PyTree]
+
+
+class Attempt(NamedTuple):
+    """A backward solve's answer ``x`` and how it went, per system (scalars for one system,
+    ``(batch,)`` for a per-sample fixed-point solver)."""
+
+    x: PyTree
+    converged: jax.Array
+    residual: jax.Array
+    steps: Optional[jax.Array]  # iterations per system; None where not counted (Krylov)
 
 # A Krylov solve is reported as not converged when its true residual
 # ‖A x − b‖ exceeds this multiple of its own target max(tol·‖b‖, atol, eps) (eps:
@@ -89,26 +103,30 @@ class Krylov(Options, abc.ABC):
         """This solver, with ``tol`` if it has none of its own."""
         return self if self.tol is not None else dataclasses.replace(self, tol=tol)
 
-    def linear_solve(self, monitor: Optional[Monitor] = None) -> LinearSolve:
-        """The :data:`LinearSolve`; convergence is judged on the true residual
+    @property
+    def report_tol(self) -> float:
+        """The tolerance it solves to (jax's default where it has none)."""
+        return 1e-5 if self.tol is None else self.tol
+
+    def attempt(self, matvec: Matvec, b: PyTree) -> Attempt:
+        """Solve ``A x = b`` as one system; convergence is judged on the true residual
         ``‖A x − b‖`` (one more product with ``A``) against :data:`KRYLOV_REPORT_FACTOR`
-        times the solver's target, and reported (:func:`report_backward`)."""
-        tol = 1e-5 if self.tol is None else self.tol
+        times the solver's target."""
+        tol = self.report_tol
         kwargs = dict(tol=tol, atol=self.atol, ridge=self.ridge)
         if self.max_iter is not None:
             kwargs["maxiter"] = self.max_iter
+        x = self._solve(matvec, b, **kwargs)
+        residual = pytree.norm(jax.tree_util.tree_map(jnp.subtract, matvec(x), b))
+        # jax's Krylov solvers treat vectors with norm below eps as zero.
+        floor = jnp.finfo(jnp.result_type(*jax.tree_util.tree_leaves(b))).eps
+        target = jnp.maximum(jnp.maximum(tol * pytree.norm(b), self.atol), floor)
+        return Attempt(x, residual <= KRYLOV_REPORT_FACTOR * target, residual, None)
 
-        def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
-            x = self._solve(matvec, b, **kwargs)
-            residual = pytree.norm(jax.tree_util.tree_map(jnp.subtract, matvec(x), b))
-            # jax's Krylov solvers treat vectors with norm below eps as zero.
-            floor = jnp.finfo(jnp.result_type(*jax.tree_util.tree_leaves(b))).eps
-            target = jnp.maximum(jnp.maximum(tol * pytree.norm(b), self.atol), floor)
-            report_backward(self.name, residual <= KRYLOV_REPORT_FACTOR * target, residual,
-                            tol, monitor=monitor)
-            return x
-
-        return linear_solve
+    def linear_solve(self, monitor: Optional[Monitor] = None) -> LinearSolve:
+        """The :data:`LinearSolve` of :meth:`attempt`, each solve reported
+        (:func:`report_backward`)."""
+        return make_linear_solve(self, monitor=monitor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,15 +176,13 @@ def available() -> tuple[str, ...]:
     return solvers.available(general=True) + KRYLOV_NAMES
 
 
-def registry_linear_solve(
-    backward: Solver, prior: Any = None, monitor: Optional[Monitor] = None
-) -> LinearSolve:
+def registry_attempt(backward: Solver, prior: Any = None) -> Callable[[Matvec, PyTree], Attempt]:
     """Solve ``A x = b`` (``A = J − I``) as the fixed point ``x = x + A x − b`` with
     ``backward``, started warm from ``prior`` (a final state of a solve whose Jacobian
-    was ``A``) when one is given; report each solve (:func:`report_backward`)."""
+    was ``A``) when one is given; per sample with ``batch_axis=0``."""
     stopping = backward.stopping
 
-    def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
+    def attempt(matvec: Matvec, b: PyTree) -> Attempt:
         def shifted(x: PyTree) -> PyTree:  # x ↦ x + A x − b  (= J x − b for A = J − I)
             return jax.tree_util.tree_map(
                 lambda xi, ai, bi: xi + ai - bi, x, matvec(x), b
@@ -175,17 +191,76 @@ def registry_linear_solve(
         solution, _ = backward.run(shifted, jax.tree_util.tree_map(jnp.zeros_like, b), (), prior)
         stats = solution.stats
         residual = stats.abs_residual if stopping.stop_mode == "abs" else stats.rel_residual
-        report_backward(backward.name, stats.converged, residual, stopping.tol, stats.steps,
-                        monitor)
-        return solution.value
+        return Attempt(solution.value, stats.converged, residual, stats.steps)
+
+    return attempt
+
+
+def registry_linear_solve(
+    backward: Solver, prior: Any = None, monitor: Optional[Monitor] = None
+) -> LinearSolve:
+    """The :data:`LinearSolve` of :func:`registry_attempt`, each solve reported
+    (:func:`report_backward`)."""
+    return make_linear_solve(backward, prior, monitor)
+
+
+def damped_steps(steps: int, damping: float) -> LinearSolve:
+    """``x_k`` of ``k = steps`` damped steps ``x ← x + λ (A x − b)`` from ``x₀ = 0``
+    (``λ = damping``): a polynomial in ``A`` applied to ``b``, linear in ``b``, whose
+    transpose is the same steps with ``Aᵀ``.
+
+    With ``A = J − I`` and ``b = −∂f/∂θ·θ̇`` these are the tangent steps
+    ``t ← (1 − λ) t + λ (J t + ∂f/∂θ·θ̇)`` from 0, i.e. the derivative of ``k`` damped
+    steps ``z ← (1 − λ) z + λ f(z)`` from ``z*`` linearised at ``z*``: the phantom gradient
+    (Geng et al. 2021; ``k = 1, λ = 1`` is Jacobian-free backprop). It never fails, so it
+    serves as the fallback of a backward solve."""
+
+    def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
+        def step(x: PyTree, _: None) -> tuple[PyTree, None]:
+            return jax.tree_util.tree_map(lambda xi, ai, bi: xi + damping * (ai - bi),
+                                          x, matvec(x), b), None
+
+        first = jax.tree_util.tree_map(lambda bi: -damping * bi, b)  # A·0 = 0: no product
+        if steps == 1:
+            return first
+        return lax.scan(step, first, None, length=steps - 1)[0]
 
     return linear_solve
 
 
+def _per_system(kept: jax.Array, x: PyTree, other: PyTree) -> PyTree:
+    """``x`` in the systems where ``kept`` (a scalar, or one flag per sample on the leading
+    axis of every leaf), ``other`` elsewhere."""
+    def pick(a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.where(jnp.reshape(kept, jnp.shape(kept) + (1,) * (a.ndim - kept.ndim)), a, b)
+
+    return jax.tree_util.tree_map(pick, x, other)
+
+
 def make_linear_solve(backward: Solver | Krylov, prior: Any = None,
-                      monitor: Optional[Monitor] = None) -> LinearSolve:
+                      monitor: Optional[Monitor] = None, fallback: Optional[LinearSolve] = None,
+                      fallback_name: str = "") -> LinearSolve:
     """The :data:`LinearSolve` of a backward solver; a fixed-point solver starts warm from
-    ``prior`` when one is given; each solve is reported to ``monitor`` when one is given."""
+    ``prior`` when one is given; each solve is reported to ``monitor`` when one is given.
+
+    With a ``fallback`` (named ``fallback_name`` in reports), the answer of each system whose
+    solve missed its tolerance is the fallback's (per sample for a fixed-point solver with
+    ``batch_axis=0``; a Krylov solve is one system)."""
     if isinstance(backward, Krylov):
-        return backward.linear_solve(monitor)
-    return registry_linear_solve(backward, prior, monitor)
+        attempt, tol = backward.attempt, backward.report_tol
+    else:
+        attempt, tol = registry_attempt(backward, prior), backward.stopping.tol
+
+    def linear_solve(matvec: Matvec, b: PyTree) -> PyTree:
+        result = attempt(matvec, b)
+        x, fell_back = result.x, None
+        if fallback is not None:
+            fell_back = ~result.converged
+            # The fallback runs only when a system needs it (under vmap, cond runs both).
+            x = _per_system(result.converged, x, lax.cond(
+                jnp.all(result.converged), lambda: x, lambda: fallback(matvec, b)))
+        report_backward(backward.name, result.converged, result.residual, tol, result.steps,
+                        monitor, fell_back=fell_back, fallback=fallback_name)
+        return x
+
+    return linear_solve

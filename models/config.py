@@ -124,7 +124,12 @@ class TrainConfig:
     per_sample: bool = _flag(
         True, "solve each sequence as its own system (batch_axis=0) instead of one joint system"
     )
-    backward: str = _flag("implicit", "how to differentiate the fixed point", choices=BACKWARDS)
+    backward: str = _flag(
+        "implicit", "how to differentiate the fixed point; 'reversible' differentiates the "
+        "reversible iteration exactly, so it makes that iteration the forward solver (with "
+        "--solver reversible it keeps its --solver-options, e.g. damping=0.8; any other "
+        "--solver is replaced by it)", choices=BACKWARDS,
+    )
     backward_solver: str = _flag(
         "anderson", "solver of the adjoint equation (--backward implicit): a registry name or "
         "a Krylov solver (gmres, bicgstab, normal_cg)"
@@ -132,6 +137,12 @@ class TrainConfig:
     backward_solver_options: str = _flag(
         "history=4", "the adjoint solver's own options, KEY=VALUE[,KEY=VALUE...] ('': its "
         "defaults); an option of this default that the solver lacks is left out"
+    )
+    backward_fallback: str = _flag(
+        "none", "--backward implicit: the gradient of each sequence whose adjoint solve misses "
+        "its tolerance falls back to this approximate mode ('phantom' with --phantom-steps and "
+        "--phantom-damping, or 'jfb'); 'none' keeps the unconverged adjoint (both are counted "
+        "in the metrics)", choices=("none", "phantom", "jfb"),
     )
     backward_max_iter: int = _from(Stopping, "max_iter", 24, "adjoint solver: ")
     backward_tol: float = _from(Stopping, "tol", 1e-3, "adjoint solver: ")

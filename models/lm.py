@@ -18,7 +18,17 @@ import jax.numpy as jnp
 import optax
 
 import solvers
-from implicit import Correction, Implicit, JacobianPenalty, Mode, Phantom, Unroll, as_mode
+from implicit import (
+    JFB,
+    Correction,
+    Implicit,
+    JacobianPenalty,
+    Mode,
+    Phantom,
+    Reversible,
+    Unroll,
+    as_mode,
+)
 from implicit.convergence import Monitor
 from implicit.linear import KRYLOV_SOLVERS
 from models.config import MODELS, TrainConfig
@@ -48,7 +58,9 @@ def _default(flag: str) -> str:
 
 def deq_solver(config: TrainConfig) -> solvers.Solver:
     """The forward solver of ``config``: its method with ``--solver-options``, and the
-    stopping flags (``batch_axis`` 0 with ``per_sample``)."""
+    stopping flags (``batch_axis`` 0 with ``per_sample``). The gradient mode may change it
+    (``--backward reversible`` runs the reversible iteration: ``Mode.prepare``); the
+    gradient audit's reference solves with it as it is."""
     options = _options(config.solver_options, _default("solver_options"),
                        solvers.declared(config.solver))
     return solvers.get(config.solver, **options, max_iter=config.max_iter, tol=config.tol,
@@ -64,25 +76,34 @@ def unrolled_warmup(config: TrainConfig) -> tuple[Solver, Mode]:
     return solver, Unroll()
 
 
+def _phantom(config: TrainConfig) -> Phantom:
+    return Phantom(config.phantom_steps, config.phantom_damping)
+
+
 def deq_backward(config: TrainConfig, monitor: Optional[Monitor] = None) -> Mode:
     """The gradient mode of ``config``: for ``"implicit"`` the adjoint solver, by name with
     its ``--backward-solver-options``, ``max_iter`` and ``tol`` (``stop_mode`` and
-    ``batch_axis`` as the forward solve), reporting each adjoint solve to ``monitor``; for
-    ``"phantom"`` its steps and damping, otherwise the mode's defaults."""
+    ``batch_axis`` as the forward solve), and its ``--backward-fallback``, reporting each
+    adjoint solve to ``monitor``; for ``"phantom"`` its steps and damping; for
+    ``"reversible"`` the mode reporting each backward pass to ``monitor``; otherwise the
+    mode's defaults."""
     name, default = config.backward_solver, _default("backward_solver_options")
     stopping = dict(max_iter=config.backward_max_iter, tol=config.backward_tol)
+    fallback = {"none": None, "phantom": _phantom(config), "jfb": JFB()}[config.backward_fallback]
     if config.backward == "implicit" and name in KRYLOV_SOLVERS:
         krylov = KRYLOV_SOLVERS[name]
         options = _options(config.backward_solver_options, default, declared(krylov))
-        return Implicit(krylov(**{**options, **stopping}), monitor=monitor)
+        return Implicit(krylov(**{**options, **stopping}), fallback=fallback, monitor=monitor)
     if config.backward == "implicit":
         options = _options(config.backward_solver_options, default, solvers.declared(name))
         adjoint = solvers.get(name, **options, **stopping, stop_mode=config.stop_mode,
                               batch_axis=0 if config.per_sample else None)
         return Implicit(adjoint, reuse_inverse=None if config.reuse_inverse else False,
-                        monitor=monitor)
+                        fallback=fallback, monitor=monitor)
     if config.backward == "phantom":
-        return Phantom(config.phantom_steps, config.phantom_damping)
+        return _phantom(config)
+    if config.backward == "reversible":
+        return Reversible(monitor=monitor)
     return as_mode(config.backward)
 
 

@@ -5,8 +5,11 @@ them misses its tolerance the toolkit warns (``implicit.ForwardSolveWarning``,
 ``implicit.BackwardSolveWarning``) from inside the compiled step, with a new message each
 time; printed, they would bury the progress bar. :class:`SolveWarnings` counts them per kind
 instead, keeping the first message of each, and :class:`BackwardLog` (the ``monitor`` of the
-implicit mode) receives every adjoint solve's iterations and convergence, so the metrics can
-report the backward cost and its converged share.
+implicit and reversible modes) receives every adjoint solve's iterations and convergence, so
+the metrics can report the backward cost, its converged share and, with
+``--backward-fallback``, the share of sequences whose gradient fell back to the approximate
+mode (their ``implicit.BackwardFallbackWarning`` counts as a backward warning: the adjoint
+missed its tolerance there).
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ class BackwardLog:
     def take(self) -> dict[str, float]:
         """``{"backward_steps", "backward_converged"}`` of the solves since the last call:
         the mean iterations per system and the share of systems that converged (empty when
-        there was no adjoint solve). Waits for the callbacks of finished steps first."""
+        there was no adjoint solve), and ``"backward_fallback"``, the share of systems whose
+        derivative fell back, when the solves had a fallback. Waits for the callbacks of
+        finished steps first."""
         jax.effects_barrier()
         with self._lock:
             reports, self._reports = self._reports, []
@@ -85,5 +90,9 @@ class BackwardLog:
             return {}
         steps = np.concatenate([np.ravel(r.steps) for r in reports])
         converged = np.concatenate([np.ravel(r.converged) for r in reports])
-        return {"backward_steps": float(np.mean(steps)),
-                "backward_converged": float(np.mean(converged))}
+        summary = {"backward_steps": float(np.mean(steps)),
+                   "backward_converged": float(np.mean(converged))}
+        fell_back = [np.ravel(r.fell_back) for r in reports if r.fell_back is not None]
+        if fell_back:
+            summary["backward_fallback"] = float(np.mean(np.concatenate(fell_back)))
+        return summary

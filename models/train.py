@@ -422,6 +422,8 @@ def _setup(
     try:
         solver = deq_solver(config) if config.model == "deq" else None
         backward = deq_backward(config) if config.model == "deq" else None
+        if backward is not None:
+            solver = backward.prepare(solver)  # the forward solver the mode runs
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from err
     _initialize_distributed(config)
@@ -556,6 +558,8 @@ def _postfix(values: dict[str, float], missed: dict[str, int]) -> dict[str, str]
     }
     if "backward_steps" in values:
         fields["bwd"] = f"{values['backward_steps']:.1f}"
+    if "backward_fallback" in values:
+        fields["fb"] = f"{100 * values['backward_fallback']:.0f}%"
     if any(missed.values()):
         fields["missed"] = f"{missed['forward']}f/{missed['backward']}b"
     return fields
@@ -718,7 +722,7 @@ def _solve_summary(train: list[dict[str, Any]]) -> dict[str, Any]:
     for kind in SOLVE_KINDS:
         summary[f"{kind}_unconverged_steps"] = int(sum(
             r.get(f"{kind}_unconverged", 0) for r in train))
-    for key in ("backward_steps", "backward_converged"):
+    for key in ("backward_steps", "backward_converged", "backward_fallback"):
         values = [r[key] for r in train if key in r]
         if values:
             summary[f"{key}_mean"] = float(np.mean(values))
@@ -743,7 +747,11 @@ def _solve_line(summary: dict[str, Any]) -> str:
             f"{summary['backward_unconverged_steps']}")
     if "backward_steps_mean" in summary:
         line += (f" ({summary['backward_steps_mean']:.1f} adjoint iterations on average, "
-                 f"{100 * summary['backward_converged_mean']:.1f}% of sequences converged)")
+                 f"{100 * summary['backward_converged_mean']:.1f}% of sequences converged")
+        if "backward_fallback_mean" in summary:
+            line += (f", {100 * summary['backward_fallback_mean']:.1f}% fell back to the "
+                     "approximate gradient")
+        line += ")"
     audit = summary.get("audit")
     if audit:
         line += (f"; gradient audit over {audit['count']} steps: cosine to the exact gradient "

@@ -7,8 +7,9 @@
     solvers.declared("broyden")        # the options it accepts, with defaults and help
 
 Built in, ours: :class:`Broyden` (``"broyden"``, limited-memory good Broyden),
-:class:`Anderson` (``"anderson"``, type-II Anderson, safeguarded for float32) and
-:class:`FixedPoint` (``"fixed_point"``, damped iteration); the design's jaxopt
+:class:`Anderson` (``"anderson"``, type-II Anderson, safeguarded for float32),
+:class:`FixedPoint` (``"fixed_point"``, damped iteration) and :class:`ReversibleFixedPoint`
+(``"reversible"``, the coupled invertible iteration of reversible DEQs); the design's jaxopt
 alternatives: :class:`JaxoptAnderson`, :class:`JaxoptBroyden` and
 :class:`JaxoptFixedPoint` (``"jaxopt_*"``); and, for monotone operator equilibria
 ``z = σ(W z + c)`` only (:mod:`solvers.splitting`, Winston & Kolter 2020), the
@@ -32,14 +33,15 @@ from solvers.method import Growable, Method, Restartable, Structured, WarmStarta
 from solvers.options import Option, option
 from solvers.pytree import residuals
 from solvers.registry import available, register, unregister
+from solvers.reversible import ReversibleFixedPoint, ReversibleState
 from solvers.solver import COMMON_OPTIONS, Solver, declared, get
 from solvers.splitting import ForwardBackward, MonotoneOperator, PeacemanRachford
 from solvers.stopping import Stopping
 from solvers.summary import explain
 from solvers.types import PyTree, Solution, Stats
 
-for _method in (Broyden, Anderson, FixedPoint, JaxoptAnderson, JaxoptBroyden, JaxoptFixedPoint,
-                ForwardBackward, PeacemanRachford):
+for _method in (Broyden, Anderson, FixedPoint, ReversibleFixedPoint, JaxoptAnderson,
+                JaxoptBroyden, JaxoptFixedPoint, ForwardBackward, PeacemanRachford):
     register(_method.name, _method)
 del _method
 
@@ -60,6 +62,8 @@ __all__ = [
     "PyTree",
     "Reason",
     "Restartable",
+    "ReversibleFixedPoint",
+    "ReversibleState",
     "Solution",
     "Solver",
     "Stats",

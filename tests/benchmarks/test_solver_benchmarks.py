@@ -114,7 +114,8 @@ def test_backward_modes_quick_has_every_mode_with_finite_numbers(backward_run) -
     assert set(result["modes"]) == modes
     assert {f"implicit[{name}]" for name in implicit.backward_solvers()} <= modes
     assert {f"implicit[{name}]" for name in implicit.KRYLOV_NAMES} <= modes
-    assert {"jfb", "unroll"} <= modes and any(m.startswith("phantom") for m in modes)
+    assert {"jfb", "unroll", "implicit+fallback", "reversible"} <= modes
+    assert any(m.startswith("phantom") for m in modes)
     for row in result["rows"]:
         assert row["status"] == "ok", row
         for key in ("cosine", "grad_rel_error", "forward_backward_s", "peak_bytes"):

@@ -307,7 +307,7 @@ def test_unknown_names_fail_at_call_time_listing_the_valid_ones():
         fixed_point(linear, z0, a, b, solver="newton")
     with pytest.raises(TypeError, match="max_iter"):
         fixed_point(linear, z0, a, b, solver_options={"maxiter": 3})
-    with pytest.raises(TypeError, match="valid options: monitor, reuse_inverse, solver"):
+    with pytest.raises(TypeError, match="valid options: fallback, monitor, reuse_inverse, solver"):
         Implicit("broyden", iters=3)  # options belong to the solver value, not to the mode
     with pytest.raises(TypeError, match="restart"):
         GMRES(restarts=3)

@@ -1,5 +1,5 @@
-"""Constant memory: the compiled backward of backward="implicit" does not grow with the
-number of forward iterations; backward="unroll" does.
+"""Constant memory: the compiled backward of backward="implicit" and of backward="reversible"
+does not grow with the number of forward iterations; backward="unroll" does.
 
 Measured statically on the compiled program (XLA's temporary buffers), forward
 solves forced to run exactly 10 or 200 iterations (tol=0 is unreachable; stall
@@ -43,6 +43,15 @@ def test_implicit_backward_memory_is_constant_in_forward_iterations():
     long = temp_bytes(backward, 200, "broyden")
     assert short > 0
     assert long / short <= 1.05, (short, long)
+
+
+def test_reversible_backward_memory_is_constant_in_forward_iterations():
+    """It stores no iterate: what grows is the forward statistics' residual trace, one
+    number per iteration in every mode, against a state of N numbers per iteration."""
+    short = temp_bytes("reversible", 10, "reversible")
+    long = temp_bytes("reversible", 200, "reversible")
+    assert short > 0
+    assert (long - short) / (200 - 10) <= 8, (short, long)
 
 
 def test_unrolled_backward_memory_grows_with_forward_iterations():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 import solvers
-from implicit import GMRES, Implicit, Phantom
+from implicit import GMRES, JFB, Implicit, Phantom, Reversible, SolveReport
 from models.config import ConfigError, TrainConfig, build_parser, validate_config
 from models.lm import deq_backward, deq_solver
+from models.solve_metrics import BackwardLog
 from solvers.options import declared
 
 
@@ -52,6 +54,28 @@ def test_the_backward_flags_build_the_backward_values():
     assert gmres.solver == GMRES(max_iter=24, tol=1e-3, restart=5)
     assert deq_backward(TrainConfig(backward="phantom", phantom_steps=3)) == Phantom(3, 0.5)
     assert deq_backward(TrainConfig(reuse_inverse=False)).reuse_inverse is False
+    assert deq_backward(TrainConfig(backward_fallback="phantom", phantom_steps=3)).fallback == (
+        Phantom(3, 0.5))
+    assert deq_backward(TrainConfig(backward_fallback="jfb", backward_solver="gmres")) == (
+        Implicit(GMRES(max_iter=24, tol=1e-3), fallback=JFB()))
+    # --backward reversible: the mode, whose forward solver is the reversible iteration
+    assert deq_backward(TrainConfig(backward="reversible")) == Reversible()
+    assert Reversible().prepare(deq_solver(TrainConfig(backward="reversible"))) == solvers.get(
+        "reversible", max_iter=16, tol=1e-3, stop_mode="rel", batch_axis=0)
+    assert "any other --solver is replaced" in " ".join(build_parser().format_help().split())
+
+
+def test_the_backward_log_counts_the_sequences_that_fell_back():
+    log = BackwardLog()
+    ones = np.ones(4, bool)
+    log(SolveReport("anderson", np.full(4, 3), ones, np.zeros(4), 1e-3))
+    assert set(log.take()) == {"backward_steps", "backward_converged"}  # no fallback: no key
+    flags = np.array([False, True, True, True])
+    for fell_back in (flags, ~ones):
+        log(SolveReport("anderson", np.full(4, 3), ~fell_back, np.zeros(4), 1e-3, fell_back,
+                        "JFB()"))
+    assert log.take() == {"backward_steps": 3.0, "backward_converged": 5 / 8,
+                          "backward_fallback": 3 / 8}
 
 
 @pytest.mark.parametrize("changes, words", [
