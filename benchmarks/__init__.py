@@ -16,6 +16,9 @@ Entry points (each prints a markdown table; ``--help`` lists the flags):
 * ``python -m benchmarks.overhead_floor`` — beside each ``fixed_point`` and ``broyden``
   solve, the floors under its overhead on this machine: the fixed cost of a compiled call,
   the reads of Broyden's buffer of terms, and the page faults per call.
+* ``python -m benchmarks.device_check OUT_DIR`` — the prepared check on a GPU (about 8
+  minutes; ``--quick`` on a CPU): correctness, solvers at GPU sizes, the DEQ LM against the
+  Transformer baseline and the gradient modes, in one JSON and one Markdown table.
 
 One module per entry point; what they share lives in a few modules named for what they
 hold:

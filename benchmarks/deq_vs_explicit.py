@@ -306,6 +306,15 @@ def _main_rows(args: argparse.Namespace, data: _Data) -> tuple[list[dict[str, An
     return rows, budget
 
 
+def _matched(row: dict[str, Any], other: dict[str, Any]) -> tuple[float, Optional[int]]:
+    """``row``'s bits per byte over the seeds ``other`` has: its mean, or, when ``other``
+    ran at one seed only, its value at that seed and the seed."""
+    if len(other["seeds"]) > 1 or len(row["seeds"]) == 1:
+        return row["valid_bpb"], None if len(other["seeds"]) > 1 else other["seeds"][0]
+    seed = other["seeds"][0]
+    return row["valid_bpb_seeds"][row["seeds"].index(seed)], seed
+
+
 def _one_seed_models(args: argparse.Namespace) -> set[str]:
     """The rows of ``--one-seed``; by default the wide DEQ and the deepest Transformer."""
     if args.one_seed is not None:
@@ -389,15 +398,25 @@ def checks(result: dict[str, Any]) -> list[str]:
     for name, row in rows.items():
         if not name.startswith("transformer-"):
             continue
-        gap = deq["valid_bpb"] - row["valid_bpb"]
-        line = (f"equal steps: deq {deq['valid_bpb']:.3f} vs {name} {row['valid_bpb']:.3f} "
-                f"bits/byte (gap {gap:+.3f}, seed spread ±{deq['valid_bpb_spread']:.3f} / "
-                f"±{row['valid_bpb_spread']:.3f})")
+        ours, seeds = _matched(deq, row)
+        gap = ours - row["valid_bpb"]
+        spread = (f"seed spread ±{deq['valid_bpb_spread']:.3f} / ±{row['valid_bpb_spread']:.3f}"
+                  if seeds is None else f"seed {seeds} only")
+        line = (f"equal steps: deq {ours:.3f} vs {name} {row['valid_bpb']:.3f} "
+                f"bits/byte (gap {gap:+.3f}, {spread})")
         if row.get("time_bpb") is not None:
             time_gap = deq["time_bpb"] - row["time_bpb"]
             line += (f"; equal time: {row['time_steps']} steps to the DEQ's {deq['time_steps']}, "
                      f"{row['time_bpb']:.3f} bits/byte (gap {time_gap:+.3f})")
         lines.append(line)
+    wide = next((row for name, row in rows.items() if name.startswith("deq-d")), None)
+    two = rows.get("transformer-2")
+    if wide is not None and two is not None:
+        theirs, seeds = _matched(two, wide)
+        lines.append(f"width: {wide['model']} ({wide['params']:,} parameters) "
+                     f"{wide['valid_bpb']:.3f} vs transformer-2 ({two['params']:,}) "
+                     f"{theirs:.3f} bits/byte (gap {wide['valid_bpb'] - theirs:+.3f}"
+                     + (f", seed {seeds} only)" if seeds is not None else ")"))
     two = rows.get("transformer-2")
     if two is not None and deq.get("peak_bytes") and two.get("peak_bytes"):
         lines.append(f"memory: the DEQ's train step peaks at {deq['peak_bytes'] / 2**20:.1f} "

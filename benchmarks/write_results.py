@@ -23,6 +23,12 @@ The page's "Measured notes" (between ``<!-- notes:start -->`` and ``<!-- notes:e
 hold figures measured by other commands, each with the command that reproduces it: the
 figures the toolkit's docstrings and ``--help`` texts refer to instead of quoting them. The
 page is rewritten whole, but that section is carried over from the page it replaces.
+
+``--device-check DIR`` publishes a run of :mod:`benchmarks.device_check` (on a GPU) and
+nothing else: its table replaces the part of the results page between
+``<!-- device-check:start -->`` and ``<!-- device-check:end -->``, and its one-paragraph
+summary the same part of the README. Rewriting the page from the CPU benchmarks carries that
+part over too.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, output
+from benchmarks import backward_modes, compare_solvers, deq_vs_explicit, device_check, output
 from models.xla_setup import prefer_memory_schedule
 
 START = "<!-- results:start -->"
@@ -43,6 +49,9 @@ DEQ_START = "<!-- deq-vs-explicit:start -->"
 DEQ_END = "<!-- deq-vs-explicit:end -->"
 NOTES_START = "<!-- notes:start -->"
 NOTES_END = "<!-- notes:end -->"
+DEVICE_START = "<!-- device-check:start -->"
+DEVICE_END = "<!-- device-check:end -->"
+DEVICE_HEADING = "## On a GPU: `python -m benchmarks.device_check`"
 RESULTS_DIR = "docs"
 RESULTS_PATH = f"{RESULTS_DIR}/results.md"
 DEFAULT_PLOTS_DIR = f"{RESULTS_DIR}/plots"
@@ -77,20 +86,21 @@ def _commands(quick: bool) -> list[str]:
     ]
 
 
-def measured_notes(page: str) -> Optional[str]:
+def measured_notes(page: str, start: str = NOTES_START, end: str = NOTES_END) -> Optional[str]:
     """The "Measured notes" between :data:`NOTES_START` and :data:`NOTES_END` of a results
-    page, or ``None`` when it has none."""
-    if page.count(NOTES_START) != 1 or page.count(NOTES_END) != 1:
+    page (or another section between ``start`` and ``end``), or ``None`` when it has none."""
+    if page.count(start) != 1 or page.count(end) != 1:
         return None
-    return page.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+    return page.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], quick: bool,
                  page_dir: str = RESULTS_DIR, deq: Optional[dict[str, Any]] = None,
-                 notes: Optional[str] = None) -> str:
+                 notes: Optional[str] = None, device: Optional[str] = None) -> str:
     """The markdown of ``docs/results.md`` (which lies in ``page_dir``, where its plot links
     start): every table, how it was measured and how to reproduce it, then the measured
-    ``notes`` carried over from the page before (:func:`measured_notes`)."""
+    ``notes`` and the ``device`` check's section carried over from the page before
+    (:func:`measured_notes`)."""
     lines = [
         "# Benchmark results",
         "",
@@ -126,6 +136,8 @@ def results_page(compare: dict[str, Any], backward: Optional[dict[str, Any]], qu
         ]
     if notes:
         lines += ["", "## Measured notes", "", NOTES_START, notes, NOTES_END]
+    if device:
+        lines += ["", DEVICE_HEADING, "", DEVICE_START, device, DEVICE_END]
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +202,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "model it compares)")
     parser.add_argument("--plots-dir", default=DEFAULT_PLOTS_DIR,
                         help="where compare_solvers writes the plots the section links")
+    parser.add_argument("--device-check", default=None, metavar="DIR",
+                        help="publish only the device check written to DIR: its table to the "
+                        "page's and its summary to the README's device-check section")
     return parser
+
+
+def publish_device_check(directory: str, page_path: str, readme: str) -> None:
+    """Put a device check's table into ``page_path`` and its summary into ``readme``,
+    between the device-check markers of each (or stop, writing nothing, if either lacks
+    them)."""
+    try:
+        result = _load(os.path.join(directory, device_check.JSON_NAME))
+        with open(os.path.join(directory, device_check.TABLE_NAME), encoding="utf-8") as handle:
+            table = handle.read()
+        texts = {}
+        for path in (page_path, readme):
+            with open(path, encoding="utf-8") as handle:
+                texts[path] = handle.read()
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"write_results: {err}") from None
+    try:
+        page = replace_between_markers(texts[page_path], table, page_path, DEVICE_START,
+                                       DEVICE_END)
+        text = replace_between_markers(texts[readme], device_check.summary(result), readme,
+                                       DEVICE_START, DEVICE_END)
+    except MarkersMissing as err:
+        raise SystemExit(f"write_results: {err}") from None
+    for path, content in ((page_path, page), (readme, text)):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content)
+    print(f"write_results: wrote the device check of {directory} to {page_path} and {readme}",
+          file=sys.stderr)
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -201,6 +244,9 @@ def _load(path: str) -> dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     """Command-line entry point; returns the results page it wrote (or printed)."""
     args = build_parser().parse_args(argv)
+    if args.device_check:
+        publish_device_check(args.device_check, args.output, args.readme)
+        return ""
     text = None
     if not args.dry_run:
         try:
@@ -232,12 +278,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         deq = _load(args.deq_json)
     elif args.with_deq:
         deq = deq_vs_explicit.run(deq_vs_explicit.build_parser().parse_args(quick))
-    notes = None
+    notes = device = None
     if os.path.exists(args.output):
         with open(args.output, encoding="utf-8") as handle:
-            notes = measured_notes(handle.read())
+            previous = handle.read()
+        notes = measured_notes(previous)
+        device = measured_notes(previous, DEVICE_START, DEVICE_END)  # the GPU's, not ours
     page = results_page(compare, backward, args.quick, os.path.dirname(args.output) or ".", deq,
-                        notes)
+                        notes, device)
     summary = readme_summary(compare, backward)
     if args.dry_run:
         print(page)

@@ -10,6 +10,12 @@ every backward solve, converged or not. When ``Implicit`` has a ``fallback``, th
 whose backward solve missed its tolerance take the fallback mode's derivative instead: the
 warning is then a :class:`BackwardFallbackWarning`, and the report says which systems fell
 back.
+
+Under SPMD the per-system statistics of a batch split over devices are split too, while a
+callback runs once, on one device. Inside a mesh context (``jax.set_mesh`` or
+``jax.sharding.use_abstract_mesh``, as :mod:`models.step` traces its steps) the reported
+values are first gathered to every device (:func:`replicated`), an all-gather; without one,
+XLA's partitioner reaches the callback's device by an "involuntary full rematerialization".
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 
 class SolveReport(NamedTuple):
@@ -99,17 +106,30 @@ def _warn(category: type, what: str, converged: np.ndarray, residual: np.ndarray
     )
 
 
+def replicated(value: jax.Array) -> jax.Array:
+    """``value``, on every device of the mesh in context (unchanged without one): what a
+    callback reads, so that SPMD gathers it with an all-gather (see the module docstring)."""
+    get_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
+    if get_mesh is None or get_mesh().empty:
+        return value
+    return jax.lax.with_sharding_constraint(value, PartitionSpec())
+
+
+def _host_values(*values: jax.Array, dtype: type) -> list[jax.Array]:
+    # Only 32-bit values cross to the host: the callback may run on a thread where
+    # a thread-local ``jax.enable_x64`` context is not active.
+    return [replicated(jnp.asarray(value).astype(dtype)) for value in values]
+
+
 def report_convergence(
     category: type, what: str, converged: jax.Array, residual: jax.Array, tol: float,
     consequence: str = "the derivative may be inaccurate",
 ) -> None:
     """Warn (``category``) at run time, under ``jit`` too, if not every system converged."""
-    # Only 32-bit values cross to the host: the callback may run on a thread where
-    # a thread-local ``jax.enable_x64`` context is not active.
     jax.debug.callback(
         functools.partial(_warn, category, what, tol=tol, consequence=consequence),
-        jnp.asarray(converged).astype(jnp.int32),
-        jnp.asarray(residual).astype(jnp.float32),
+        *_host_values(converged, dtype=jnp.int32),
+        *_host_values(residual, dtype=jnp.float32),
     )
 
 
@@ -143,8 +163,7 @@ def report_backward(
         flags = () if fell_back is None else (jnp.asarray(fell_back).astype(jnp.int32),)
         jax.debug.callback(
             functools.partial(_deliver, monitor, solver, tol, fallback),
-            jnp.asarray(counted).astype(jnp.int32),
-            jnp.asarray(converged).astype(jnp.int32),
-            jnp.asarray(residual).astype(jnp.float32),
-            *flags,
+            *_host_values(counted, converged, dtype=jnp.int32),
+            *_host_values(residual, dtype=jnp.float32),
+            *_host_values(*flags, dtype=jnp.int32),
         )

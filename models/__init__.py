@@ -12,6 +12,7 @@ Modules, one idea each:
 - :mod:`models.checkpoint`: sealed, atomic ``.npz`` checkpoints and the resume config check;
 - :mod:`models.metrics`: the metrics JSON-lines file (tolerant of a torn last line) and its plot;
 - :mod:`models.rundir`: the run directory's lock, atomic writes and stale-file cleanup;
+- :mod:`models.peers`: a multi-process run that loses a process stops, naming it;
 - :mod:`models.sample`: text generation;
 - :mod:`models.solve_metrics`: the solves' convergence, counted for the metrics and the
   progress bar;

@@ -137,10 +137,14 @@ def save_checkpoint(
     step: int,
     config: dict[str, Any],
     previous: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``tree`` (host or device arrays) with its ``step`` and ``config`` to ``path``,
     sealed and atomically (see the module docstring). With ``previous``, the checkpoint
-    already at ``path`` is kept there. Returns the path."""
+    already at ``path`` is kept there. ``extra`` adds JSON entries to the ``__meta__`` record
+    (a run records the SHA-256 of its data there); it cannot replace the standard ones.
+    Returns the path. A write that fails (``OSError``: a full disk, a file-size limit) leaves
+    the files at ``path`` and ``previous`` as they were."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -148,6 +152,7 @@ def save_checkpoint(
         f"leaf_{i:05d}": np.asarray(jax.device_get(leaf)) for i, (_, leaf) in enumerate(with_paths)
     }
     meta = {
+        **(extra or {}),
         "step": int(step),
         "config": config,
         "treedef": str(treedef),

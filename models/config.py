@@ -33,6 +33,7 @@ __all__ = [
     "parse_config",
     "config_differences",
     "RESUMABLE_KEYS",
+    "DATA_KEYS",
     "ConfigError",
     "validate_config",
 ]
@@ -222,6 +223,11 @@ class TrainConfig:
         False, "start afresh in a --run-dir that holds a run, replacing its files (without "
         "--resume or --overwrite, that is refused)"
     )
+    allow_data_change: bool = _flag(
+        False, "with --resume, continue although the corpus differs from the one the "
+        "checkpoint was trained on (the SHA-256 of the data is recorded in config.json and "
+        "the checkpoint; without this flag a changed corpus is refused)"
+    )
     sample_len: int = _flag(200, "bytes of text sampled from the model at the end (0: none)",
                             at_least(0))
     sample_prompt: str = _flag("The ", "prompt of the final sample")
@@ -236,6 +242,11 @@ class TrainConfig:
     )
     num_processes: int = _flag(0, "number of processes (--distributed; 0 to auto-detect)")
     process_id: int = _flag(-1, "this process's index (--distributed; -1 to auto-detect)")
+    peer_timeout: int = _flag(
+        60, "(--distributed) seconds after which a process that stopped answering counts as "
+        "lost, and the others stop with an error instead of waiting for it (a killed "
+        "process is noticed at once)", at_least(1)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,11 +264,14 @@ class TrainConfig:
         )
 
     def compile_key(self) -> TrainConfig:
-        """This config with every :data:`RESUMABLE_KEYS` field at its default: the settings
-        that determine the model and its compiled steps, so runs that differ only in where
-        they write or how they report share one compilation."""
+        """This config with every :data:`RESUMABLE_KEYS` and :data:`DATA_KEYS` field at its
+        default: the settings that determine the model and its compiled steps, so runs that
+        differ only in where they write, how they report or which text they read share one
+        compilation."""
         defaults = TrainConfig()
-        return dataclasses.replace(self, **{k: getattr(defaults, k) for k in RESUMABLE_KEYS})
+        return dataclasses.replace(
+            self, **{k: getattr(defaults, k) for k in RESUMABLE_KEYS | DATA_KEYS}
+        )
 
 
 RESUMABLE_KEYS: frozenset[str] = frozenset(
@@ -274,10 +288,15 @@ RESUMABLE_KEYS: frozenset[str] = frozenset(
         "coordinator_address",
         "num_processes",
         "process_id",
+        "peer_timeout",
+        "allow_data_change",
     }
 )
 """Fields that may differ between a checkpoint and the run that resumes it: they change
 neither the parameters nor the metrics."""
+
+DATA_KEYS: frozenset[str] = frozenset({"data", "max_bytes", "valid_fraction"})
+"""Fields that choose the text, not the model: the compiled steps do not depend on them."""
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:

@@ -10,17 +10,23 @@ resumed re-validates its last step without a second record).
 
 Reading is tolerant of a crash mid-append: a torn last line is dropped with a
 :class:`MetricsWarning`. Any other unreadable line is corruption: :class:`MetricsError`.
+
+Writing is all or nothing: an append that fails (a full disk, a file-size limit) is cut back
+to the file's length before it, and raises :class:`models.rundir.RunDirError` naming the
+file and the fault; the plot is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from models.rundir import atomic_write
+from models.rundir import atomic_write, writing
 
 __all__ = [
     "METRICS_NAME",
@@ -111,17 +117,39 @@ class MetricsLog:
         ]
         self._written = {(r["split"], r["step"]) for r in kept}
         text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept)
-        atomic_write(self.path, text)
+        with writing(self.path):
+            atomic_write(self.path, text)
 
     def write(self, split: str, step: int, values: dict[str, Any]) -> None:
-        """Append one record, unless one for ``(split, step)`` is already there."""
+        """Append one record, unless one for ``(split, step)`` is already there. If the
+        append fails, the file is cut back to its previous length and
+        :class:`models.rundir.RunDirError` is raised."""
         if not self.enabled or (split, int(step)) in self._written:
             return
         record = {"split": split, "step": int(step)}
         record.update({k: (float(v) if not isinstance(v, str) else v) for k, v in values.items()})
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        with writing(self.path):
+            _append(self.path, line)
         self._written.add((split, int(step)))
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole, or cut the file back to its length before and
+    raise the ``OSError``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        length = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, length)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _steps(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -137,7 +165,8 @@ def plot_metrics(
 ) -> Path:
     """Draw the run on three panels and save a PNG: train/valid bits per byte; forward solver
     steps (mean, max) and relative residual; what the solves achieved (the share of sequences
-    whose forward and adjoint solves converged) and the gradient audit's cosine."""
+    whose forward and adjoint solves converged) and the gradient audit's cosine. The PNG is
+    written atomically; a failed write raises :class:`models.rundir.RunDirError`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,6 +213,9 @@ def plot_metrics(
     ax_solves.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    with writing(path):
+        atomic_write(path, image.getvalue())
     return path

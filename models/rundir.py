@@ -2,16 +2,25 @@
 
 A training run owns its ``--run-dir`` while it runs:
 
+- **Writable.** A directory this process cannot create files in (no permission, a read-only
+  file system) is refused at once (:func:`check_writable`), not when the first checkpoint is
+  due.
 - **A lock.** ``run.lock`` holds the owner's pid under an exclusive ``fcntl.flock``. A second
   process is refused with :class:`RunDirError` naming that pid. The kernel releases a flock
   when its process dies, however it dies, so a lock file left by a killed process (``kill
   -9``) is taken over, with a note. On file systems without ``flock`` the lock falls back to
   asking whether the recorded pid is alive on this host.
+- **One user's.** A lock file owned by another user (another uid than this process's
+  effective one) is refused, naming that user and the pid it records, whether or not their
+  process still runs: this process can neither signal theirs to ask nor take over a run
+  whose files are theirs. Only they (or an administrator) remove it.
 - **No stale temporary files.** Every file of the run is written to ``<name>.tmp`` or
   ``<name>.<random>.tmp`` in the same folder, flushed to disk and renamed over ``<name>``
   (:func:`atomic_write`); a crash mid-write leaves the temporary file, which
   :func:`remove_stale_temporaries` deletes at the next start (under the lock, so never one
-  that a live run is writing).
+  that a live run is writing). A write that fails (a full disk: ``ENOSPC``, a file-size
+  limit: ``EFBIG``) deletes its temporary file, so the file it would have replaced stays as
+  it was; :func:`writing` turns the failure into one :class:`RunDirError` naming the file.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -31,8 +41,11 @@ __all__ = [
     "RunDirError",
     "RunLock",
     "atomic_write",
+    "check_writable",
+    "describe_os_error",
     "ensure_run_dir",
     "remove_stale_temporaries",
+    "writing",
 ]
 
 LOCK_NAME: str = "run.lock"
@@ -53,6 +66,39 @@ def ensure_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirError(f"cannot create --run-dir {str(run_dir)!r}: {err.strerror}") from err
+
+
+def describe_os_error(err: OSError) -> str:
+    """``"No space left on device (ENOSPC)"``: the reason of a failed system call, and its
+    symbolic errno."""
+    name = errno.errorcode.get(err.errno or 0)
+    reason = err.strerror or str(err)
+    return f"{reason} ({name})" if name else reason
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create and delete a file in ``run_dir``, or raise :class:`RunDirError` saying why this
+    process cannot (``EACCES``: no permission; ``EROFS``: a read-only file system)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunDirError(
+            f"run directory {str(run_dir)!r} is not writable: {describe_os_error(err)}; "
+            "training writes its checkpoints and metrics there: make it writable, or use "
+            "another --run-dir"
+        ) from err
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into one :class:`RunDirError`
+    naming the file and the fault (e.g. ``ENOSPC``, ``EFBIG``)."""
+    try:
+        yield
+    except OSError as err:
+        raise RunDirError(f"cannot write {str(path)!r}: {describe_os_error(err)}") from err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -119,6 +165,18 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _user_id() -> int:
+    """The user whose files this process creates (its effective uid)."""
+    return os.geteuid()
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 class RunLock:
     """The exclusive claim of one process on a run directory (see the module docstring).
 
@@ -163,9 +221,35 @@ class RunLock:
             if pid is not None and pid != os.getpid() and _pid_alive(pid):
                 raise self._refuse(pid) from None
 
+    def _refuse_foreign(self) -> None:
+        """Raise :class:`RunDirError` if the lock file belongs to another user."""
+        try:
+            owner = os.stat(self.path).st_uid
+        except FileNotFoundError:
+            return
+        if owner == _user_id():
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            recorded = "it cannot be read"
+        else:
+            try:
+                pid = _read_pid(fd)
+            finally:
+                os.close(fd)
+            recorded = f"it records process {pid}" if pid is not None else "it records no pid"
+        raise RunDirError(
+            f"run directory {str(self.run_dir)!r} is locked by another user, "
+            f"{_user_name(owner)}: the lock file {str(self.path)!r} is theirs ({recorded}), "
+            "and a run directory is one user's; use another --run-dir, or ask them to delete "
+            "the lock file once their run has ended"
+        )
+
     def _open_locked(self) -> int:
         """Open and lock the lock file that is at ``self.path`` at the moment of locking (a
         releasing owner deletes its file; locking that deleted file would be no lock)."""
+        self._refuse_foreign()
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -12,11 +12,16 @@ description but only materialises its own rows (:func:`process_rows`) and
 :func:`shard_batch` assembles the global array with
 ``jax.make_array_from_process_local_data``. The same code runs on one host, where the
 process's rows are the whole batch.
+
+Each step is traced inside its mesh (:func:`within_mesh`), so that what the library gathers
+for its host callbacks (the solves' per-sequence statistics, :mod:`implicit.reporting`)
+is all-gathered to every device rather than rematerialised onto one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -33,6 +38,7 @@ __all__ = [
     "replicate",
     "to_host",
     "check_batch_divisible",
+    "within_mesh",
 ]
 
 DATA_AXIS: str = "data"
@@ -102,3 +108,19 @@ def to_host(tree: Any) -> Any:
         return np.asarray(jax.device_get(leaf))
 
     return jax.tree_util.tree_map(fetch, tree)
+
+
+def within_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """``fn``, traced with ``mesh`` as the abstract mesh in context, so that a
+    ``with_sharding_constraint`` inside it may name a bare ``PartitionSpec``. (JAX versions
+    without ``jax.sharding.use_abstract_mesh`` get ``fn`` itself.)"""
+    use = getattr(jax.sharding, "use_abstract_mesh", None)
+    if use is None:
+        return fn
+
+    @functools.wraps(fn)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with use(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced

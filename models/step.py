@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from implicit import compare_gradients, correction_weights
 from models.config import TrainConfig
 from models.lm import LN2, next_byte_loss
-from models.sharding import batch_sharded, replicated
+from models.sharding import batch_sharded, replicated, within_mesh
 from solvers import Reason
 
 __all__ = [
@@ -187,7 +187,7 @@ def make_train_step(
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.jit(
-        step,
+        within_mesh(step, mesh),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)),
         compiler_options=compiler_options,
@@ -234,7 +234,7 @@ def make_audit_step(
                 "audit_rel_error_converged": kept.relative_error}
 
     return jax.jit(
-        audit,
+        within_mesh(audit, mesh),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
         compiler_options=compiler_options,
@@ -261,7 +261,7 @@ def make_eval_step(
         return {"nll_sum": nll * count, "count": count, **_solve_metrics(out.stats)}
 
     return jax.jit(
-        evaluate,
+        within_mesh(evaluate, mesh),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
         compiler_options=compiler_options,

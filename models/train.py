@@ -16,16 +16,25 @@ checkpoint and exits with status 130; ``--resume`` continues from it and ends wi
 parameters and metrics as an uninterrupted run; ``--resume`` with a larger ``--steps`` extends
 the run, re-laying the learning-rate schedule for the new total.
 
-The run directory is safe (:mod:`models.rundir`): one process at a time (``run.lock``), stale
-temporary files deleted at start, a fresh start over an existing run refused without
-``--overwrite``, the checkpoint before the latest kept as ``checkpoint.prev.npz``, and a
-checkpoint verified before it is used (:mod:`models.checkpoint`). All of that is checked
-before the data is loaded and the steps are compiled.
+The run directory is safe (:mod:`models.rundir`): writable, one process at a time
+(``run.lock``) and one user's, stale temporary files deleted at start, a fresh start over an
+existing run refused without ``--overwrite``, the checkpoint before the latest kept as
+``checkpoint.prev.npz``, and a checkpoint verified before it is used
+(:mod:`models.checkpoint`). All of that is checked before the data is loaded and the steps
+are compiled. The SHA-256 of the corpus's bytes is recorded in ``config.json`` and in every
+checkpoint; ``--resume`` on a corpus that has changed since is refused, naming it, unless
+``--allow-data-change``. A write that fails (a full disk: ``ENOSPC``; a file-size limit:
+``EFBIG``) stops training with one line naming the file and the last checkpoint, which it
+leaves intact, and leaves nothing half-written (:mod:`models.metrics`, :mod:`models.rundir`).
 
-Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory (one
-``error:`` line); 3 training stopped because a training or validation loss, or the updated
-parameters, were not finite (that step is not checkpointed; the last good checkpoint is kept);
-130 interrupted.
+A ``--distributed`` run that loses a process stops at once in every other process, with one
+``error:`` line naming the lost one (:mod:`models.peers`); restarting all of them with
+``--resume`` continues it bit for bit.
+
+Exit status: 0 done; 2 bad settings, data, checkpoint, metrics or run directory, a failed
+write, or a lost process (one ``error:`` line); 3 training stopped because a training or
+validation loss, or the updated parameters, were not finite (that step is not checkpointed;
+the last good checkpoint is kept); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -79,12 +90,22 @@ from models.metrics import (
     read_metrics,
 )
 from models.optim import learning_rate_schedule, make_optimizer
+from models.peers import (
+    PeerLostError,
+    join_supervisor,
+    lost_peer,
+    peer_table,
+    supervise,
+    wants_supervisor,
+)
 from models.rundir import (
     RunDirError,
     RunLock,
     atomic_write,
+    check_writable,
     ensure_run_dir,
     remove_stale_temporaries,
+    writing,
 )
 from models.sample import generate
 from models.sharding import (
@@ -112,6 +133,7 @@ __all__ = [
     "TrainResult",
     "train",
     "main",
+    "command",
     "INTERRUPTED_EXIT",
     "ERROR_EXIT",
     "DIVERGED_EXIT",
@@ -124,11 +146,13 @@ ERROR_EXIT: int = 2
 DIVERGED_EXIT: int = 3
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataError, CheckpointError, MetricsError, RunDirError,
+    ConfigError, DataError, CheckpointError, MetricsError, RunDirError, PeerLostError,
 )
 """Failures that ``main`` reports as one ``error:`` line with status 2."""
 
 CONFIG_NAME, SUMMARY_NAME, SAMPLE_NAME = "config.json", "summary.json", "sample.txt"
+DATA_HASH_KEY: str = "data_sha256"
+"""The key of the corpus's SHA-256 in ``config.json`` and in each checkpoint's metadata."""
 RUN_FILES: tuple[str, ...] = (
     CHECKPOINT_NAME, PREVIOUS_NAME, METRICS_NAME, PLOT_NAME, CONFIG_NAME, SUMMARY_NAME,
     SAMPLE_NAME,
@@ -251,12 +275,26 @@ def _programs(key: TrainConfig, mesh: Any, options: tuple) -> _Programs:
 
 
 def _initialize_distributed(config: TrainConfig) -> None:
-    if config.distributed:
+    """Join the other processes (``--distributed``): a process that stops answering for
+    ``--peer-timeout`` seconds counts as lost (JAX's heartbeat timeout), and so does one that
+    has not joined within ``max(300, --peer-timeout)`` seconds."""
+    if not config.distributed:
+        return
+    try:
         jax.distributed.initialize(
             coordinator_address=config.coordinator_address or None,
             num_processes=config.num_processes or None,
             process_id=config.process_id if config.process_id >= 0 else None,
+            initialization_timeout=max(300, config.peer_timeout),
+            heartbeat_timeout_seconds=config.peer_timeout,
+            shutdown_timeout_seconds=config.peer_timeout,
         )
+    except (RuntimeError, ValueError) as err:
+        where = config.coordinator_address or "the auto-detected coordinator"
+        raise PeerLostError(
+            f"--distributed: could not join the run's processes at {where}: "
+            f"{' '.join(str(err).split())[:300]}"
+        ) from err
 
 
 @dataclasses.dataclass
@@ -266,6 +304,7 @@ class _Run:
     config: TrainConfig
     log: Callable[[str], None]
     writer: bool  # this process writes the run directory
+    peers: list[dict[str, Any]]  # every process's pid and host, in process order
     mesh: Any
     rows: Any  # this process's rows of a global batch
     run_dir: Path
@@ -278,6 +317,7 @@ class _Run:
     metrics_log: MetricsLog
     t_begin: float
     last_checkpoint: int | None  # the step of the latest checkpoint in run_dir, if any
+    data_sha256: str  # of the corpus's bytes, recorded in config.json and each checkpoint
     train_seconds: float = 0.0  # in the loop, this session
     stop_reason: str = ""  # why the loop stopped early, if it did
 
@@ -301,9 +341,19 @@ class _Run:
             return
         host = to_host(self.state)
         if self.writer:
-            save_checkpoint(self.checkpoint_file, host, step=step, config=self.config.to_dict(),
-                            previous=previous_checkpoint_path(self.run_dir))
+            with writing(self.checkpoint_file):
+                save_checkpoint(self.checkpoint_file, host, step=step,
+                                config=self.config.to_dict(),
+                                previous=previous_checkpoint_path(self.run_dir),
+                                extra={DATA_HASH_KEY: self.data_sha256})
         self.last_checkpoint = step
+
+    def kept(self) -> str:
+        """Where a stopped run can continue from: its intact last checkpoint, if any."""
+        if self.last_checkpoint is None:
+            return "no checkpoint had been written yet"
+        return (f"the checkpoint of step {self.last_checkpoint} ({str(self.checkpoint_file)!r}) "
+                "is intact")
 
 
 def _holds_run(run_dir: Path) -> list[str]:
@@ -321,6 +371,7 @@ def _claim_run_dir(
     """Make and lock the run directory (released when ``stack`` closes), delete stale
     temporary files, and refuse a fresh start over a run without ``--overwrite``."""
     ensure_run_dir(run_dir)
+    check_writable(run_dir)
     lock = stack.enter_context(RunLock(run_dir))
     if lock.took_over is not None:
         log(f"note: process {lock.took_over} left its lock on {str(run_dir)!r} and is no "
@@ -380,6 +431,7 @@ def _setup(
     if not writer:
         log = _silent
     mesh = make_mesh(devices)
+    peers = peer_table()
     try:
         check_batch_divisible(config.batch_size, mesh)
     except ValueError as err:
@@ -393,10 +445,15 @@ def _setup(
     start = checkpoint.step if checkpoint is not None else 0
     metrics_log = MetricsLog(run_dir, enabled=writer)
     metrics_log.start(start if checkpoint is not None else None)
-    if writer:
-        atomic_write(run_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
 
     corpus = load_corpus(config.data, max_bytes=config.max_bytes or None)
+    data_sha256 = hashlib.sha256(corpus).hexdigest()
+    if checkpoint is not None:
+        _check_data(config, checkpoint, data_sha256, len(corpus), log)
+    if writer:
+        with writing(run_dir / CONFIG_NAME):
+            atomic_write(run_dir / CONFIG_NAME, json.dumps(
+                {**config.to_dict(), DATA_HASH_KEY: data_sha256}, indent=2) + "\n")
     try:
         train_bytes, valid_bytes = split_corpus(corpus, config.valid_fraction, config.seq_len + 1)
         next(eval_batches(valid_bytes, config.batch_size, config.seq_len))  # one batch at least
@@ -424,14 +481,36 @@ def _setup(
         + (f"resuming at step {start}" if checkpoint is not None else "starting at step 0")
     )
     return _Run(
-        config=config, log=log, writer=writer, mesh=mesh,
+        config=config, log=log, writer=writer, peers=peers, mesh=mesh,
         rows=process_rows(config.batch_size), run_dir=run_dir, valid_bytes=valid_bytes,
         unigram=unigram,
         sampler=BatchSampler(train_bytes, config.batch_size, config.seq_len, config.seed),
         programs=programs, state=replicate(host_state, mesh), start=start,
         metrics_log=metrics_log, t_begin=t_begin,
         last_checkpoint=checkpoint.step if checkpoint is not None else None,
+        data_sha256=data_sha256,
     )
+
+
+def _check_data(config: TrainConfig, checkpoint: Checkpoint, digest: str, size: int,
+                log: Callable[[str], None]) -> None:
+    """Refuse to resume on a corpus whose bytes differ from those the checkpoint was trained
+    on (by their SHA-256), unless ``--allow-data-change``."""
+    recorded = checkpoint.meta.get(DATA_HASH_KEY)
+    if recorded is None:
+        log(f"note: checkpoint {str(checkpoint.path)!r} records no hash of its data (written "
+            "by an older version); the corpus is not checked")
+        return
+    if recorded == digest:
+        return
+    change = (f"the corpus {config.data!r} has changed since the checkpoint of step "
+              f"{checkpoint.step} was written (SHA-256 {recorded[:12]}… then, {digest[:12]}… "
+              f"now, of its {size:,} bytes)")
+    if not config.allow_data_change:
+        raise DataError(f"{change}: resuming would train on other text than the run began "
+                        "with. Restore it, or pass --allow-data-change to continue on the "
+                        "new text")
+    log(f"note: {change}; continuing on the new text (--allow-data-change)")
 
 
 def _silent(message: str) -> None:
@@ -617,9 +696,11 @@ def _finish(run: _Run, status: str) -> TrainResult:
                 config.sample_len, seq_len=config.seq_len, temperature=config.temperature,
                 seed=config.seed,
             )
-            atomic_write(run.run_dir / SAMPLE_NAME, sample + "\n")
+            with writing(run.run_dir / SAMPLE_NAME):
+                atomic_write(run.run_dir / SAMPLE_NAME, sample + "\n")
         summary["sample"] = sample
-        atomic_write(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        with writing(run.run_dir / SUMMARY_NAME):
+            atomic_write(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         log(
             f"done: {final_step} steps in {summary['wall_seconds']:.0f}s; validation "
             f"{valid['bpb']:.3f} bits/byte (unigram {run.unigram:.3f}, uniform 8.000); forward "
@@ -708,11 +789,48 @@ def train(
 
     Raises:
       ConfigError, DataError, CheckpointError, MetricsError, RunDirError: bad settings,
-      data, checkpoint, metrics file or run directory (:data:`EXPECTED_ERRORS`).
+      data (a corpus changed under ``--resume`` included), checkpoint, metrics file or run
+      directory, or a write that failed (:data:`EXPECTED_ERRORS`).
+      PeerLostError: a multi-process run lost one of its processes.
     """
-    with contextlib.ExitStack() as stack:  # holds the run directory's lock
-        run = _setup(config, devices, log, compiler_options, stack)
+    run: _Run | None = None
+    try:
+        with contextlib.ExitStack() as stack:  # holds the run directory's lock
+            run = _setup(config, devices, log, compiler_options, stack)
+            return _run(run, on_step)
+    except Exception as err:
+        count = len(run.peers) if run else jax.process_count()
+        lost = lost_peer(err, jax.process_index(), count, run.peers if run else None,
+                         *_where(run))
+        if lost is None:
+            raise
+        raise lost from err
+
+
+def _where(run: _Run | None) -> tuple[str, str]:
+    """Where a run that lost a process was, and how to go on (for :func:`lost_peer`)."""
+    if run is None:
+        return "while starting", "Restart every process with the same flags"
+    try:
+        when = f"after step {int(to_host(run.state.step))}"
+    except Exception:  # noqa: BLE001 — the state's buffers went with the failed step
+        when = "while training"
+    return (when, f"{run.kept()[0].upper()}{run.kept()[1:]}; when every process can run again, "
+            "restart them all with the same flags plus --resume")
+
+
+def _run(run: _Run, on_step: StepHook | None) -> TrainResult:
+    """The loop and the end of a set-up run; a failed write says where to continue from."""
+    try:
         return _finish(run, _loop(run, on_step))
+    except RunDirError as err:
+        done = int(to_host(run.state.step))
+        then = ("continue with the same flags plus --resume" if run.last_checkpoint
+                is not None else "start again with --overwrite")
+        raise RunDirError(
+            f"training stopped after step {done}: {err}. Nothing half-written was left "
+            f"behind, and {run.kept()}: make room (or lift the limit), then {then}"
+        ) from err
 
 
 def _warning_line(message: Warning | str, category: type[Warning], *args: Any,
@@ -755,6 +873,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return INTERRUPTED_EXIT if result.status == "interrupted" else 0
 
 
-if __name__ == "__main__":
+def command(argv: Sequence[str] | None = None) -> int:
+    """``python -m models.train``: :func:`main`, in a supervised child process under
+    ``--distributed`` (:func:`models.peers.supervise`). A process of a multi-process run that
+    fails leaves at once, without JAX's exit barrier (which would wait for the others, and
+    they for it): its peers then report it lost instead of waiting."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_supervisor(argv):
+        return supervise(argv)
+    join_supervisor()
     prefer_memory_schedule()  # before JAX starts: see models.xla_setup
-    sys.exit(main())
+    status = main(argv)
+    if status != 0 and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(command())

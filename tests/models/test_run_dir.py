@@ -1,17 +1,23 @@
 """The run directory is safe: a lock, no fresh start over a run, tolerant metrics, verified
 checkpoints with an older one kept, stale temporary files cleaned, non-finite values stop
-training, and a run extended by ``--resume --steps N``."""
+training, and a run extended by ``--resume --steps N``; and the faults real runs meet: a full
+disk (a real ``EFBIG`` from the kernel, under ``RLIMIT_FSIZE``), a read-only run directory,
+another user's lock file, and a corpus edited between a run and its ``--resume``."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -392,3 +398,198 @@ def test_resume_with_a_larger_steps_extends_the_run(finished, tmp_path) -> None:
 
     with pytest.raises(CheckpointError, match=r"differs in steps .*may grow on resume"):
         run_fast(dataclasses.replace(config, steps=7))
+
+
+# ------------------------------------------------------------------- faults: a full disk
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """While active, the kernel refuses to grow any file of this process past ``nbytes``:
+    ``write`` fails with ``EFBIG`` (Python ignores the ``SIGXFSZ`` that comes with it), as
+    it fails with ``ENOSPC`` on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _assert_one_line_naming(err: Exception, *parts: str) -> str:
+    message = str(err)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+def _no_temporaries(run_dir: Path) -> None:
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_at_a_checkpoint_stops_training_and_keeps_the_last_one(
+        finished, tmp_path, monkeypatch) -> None:
+    import models.train as train_module
+
+    config = dataclasses.replace(finished[0], run_dir=str(tmp_path))
+    save = train_module.save_checkpoint
+
+    def save_on_a_full_disk(path, tree, *, step, **kwargs):
+        if step != 6:
+            return save(path, tree, step=step, **kwargs)
+        with file_size_limit(Path(path).stat().st_size // 2):  # half of the step-3 one
+            return save(path, tree, step=step, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_on_a_full_disk)
+    with pytest.raises(RunDirError) as caught:
+        run_fast(config)
+    path = checkpoint_path(tmp_path)
+    _assert_one_line_naming(
+        caught.value, f"training stopped after step 6: cannot write {str(path)!r}: File too "
+        "large (EFBIG). Nothing half-written was left behind, and the checkpoint of step 3 "
+        f"({str(path)!r}) is intact", "then continue with the same flags plus --resume")
+    assert read_checkpoint(path).step == 3  # verified: sealed, complete, finite
+    _no_temporaries(tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    result = run_fast(dataclasses.replace(config, resume=True))  # as offered
+    assert result.status == "completed" and result.step == 6
+    for a, b in zip(jax.tree_util.tree_leaves(finished[1].state),
+                    jax.tree_util.tree_leaves(result.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_full_disk_at_a_metrics_line_cuts_it_back(finished, tmp_path, monkeypatch) -> None:
+    from models.metrics import MetricsLog
+
+    config = dataclasses.replace(finished[0], run_dir=str(tmp_path))
+    write = MetricsLog.write
+
+    def write_on_a_full_disk(self, split, step, values):
+        if (split, step) != ("train", 5):
+            return write(self, split, step, values)
+        with file_size_limit(self.path.stat().st_size + 10):  # 10 bytes of the line fit
+            return write(self, split, step, values)
+
+    monkeypatch.setattr(MetricsLog, "write", write_on_a_full_disk)
+    with pytest.raises(RunDirError) as caught:
+        run_fast(config)
+    metrics = tmp_path / "metrics.jsonl"
+    _assert_one_line_naming(
+        caught.value, f"training stopped after step 5: cannot write {str(metrics)!r}: File "
+        "too large (EFBIG)", f"the checkpoint of step 3 ({str(checkpoint_path(tmp_path))!r}) "
+        "is intact")
+    assert metrics.read_text().endswith("\n")  # the torn 10 bytes are gone
+    assert _keys(read_metrics(metrics)) == [("train", 1), ("train", 2), ("valid", 2),
+                                            ("train", 3), ("train", 4), ("valid", 4)]
+    assert read_checkpoint(checkpoint_path(tmp_path)).step == 3
+    _no_temporaries(tmp_path)
+
+
+# --------------------------------------------- faults: read-only, another user's lock
+
+
+@pytest.fixture
+def nothing_compiles(monkeypatch):
+    """Fail the test if the run builds (compiles) its programs."""
+    import models.train as train_module
+
+    def compile_programs(*args, **kwargs):
+        raise AssertionError("the run compiled its steps before refusing")
+
+    monkeypatch.setattr(train_module, "_programs", compile_programs)
+
+
+NOBODY = 65534
+
+
+@contextlib.contextmanager
+def as_another_user():
+    """As root, act as user ``nobody`` (root ignores permissions); otherwise as oneself."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder that every user may enter (pytest's own are its owner's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="run-dir-faults-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def test_a_read_only_run_dir_is_one_error_line_before_compiling(
+        finished, shared_tmp, capsys, nothing_compiles) -> None:
+    run_dir = shared_tmp / "run"
+    config = _copy(finished, run_dir, resume=True)
+    for path in [run_dir, *run_dir.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with as_another_user():
+        assert main(flags(config)) == ERROR_EXIT
+    err = _error_line(capsys)
+    assert err.startswith(f"error: run directory {str(run_dir)!r} is not writable: "
+                          "Permission denied (EACCES)"), err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_another_users_lock_is_one_error_line_before_compiling(
+        finished, tmp_path, capsys, monkeypatch, nothing_compiles) -> None:
+    import models.rundir as rundir
+
+    config = _copy(finished, tmp_path, resume=True)
+    lock = tmp_path / LOCK_NAME
+    lock.write_text("4242\n")
+    other = 54321
+    if os.geteuid() == 0:
+        os.chown(lock, other, other)
+    else:  # the file stays ours; this process takes itself for another user
+        other = os.geteuid()
+        monkeypatch.setattr(rundir, "_user_id", lambda: other + 1)
+    assert main(flags(config)) == ERROR_EXIT
+    err = _error_line(capsys)
+    assert err.startswith(f"error: run directory {str(tmp_path)!r} is locked by another user, "), err
+    assert f"uid {other}" in err and f"the lock file {str(lock)!r} is theirs (it records " \
+        "process 4242)" in err, err
+    assert lock.read_text() == "4242\n"  # left to its owner
+
+
+# ---------------------------------------------------- faults: the corpus changes on resume
+
+
+def test_an_edited_corpus_is_refused_on_resume_unless_allowed(tmp_path, capsys) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 300)
+    config = tiny_config(tmp_path / "run", data=str(corpus), checkpoint_every=3)
+    assert run_fast(config).status == "completed"
+    used = corpus.read_bytes()[: config.max_bytes]
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data_sha256"]
+    assert recorded == hashlib.sha256(used).hexdigest()
+    assert read_meta(checkpoint_path(tmp_path / "run"))["data_sha256"] == recorded
+
+    corpus.write_text(corpus.read_text().replace("lazy", "sleepy", 1))
+    resume = dataclasses.replace(config, resume=True)
+    assert main(flags(resume)) == ERROR_EXIT
+    err = _error_line(capsys)
+    assert err.startswith(f"error: the corpus {str(corpus)!r} has changed since the checkpoint "
+                          f"of step 6 was written (SHA-256 {recorded[:12]}"), err
+    assert "--allow-data-change" in err
+
+    messages: list[str] = []
+    result = run_fast(dataclasses.replace(resume, allow_data_change=True), log=messages.append)
+    assert result.status == "completed"
+    assert any("continuing on the new text (--allow-data-change)" in m for m in messages)
+    changed = hashlib.sha256(corpus.read_bytes()[: config.max_bytes]).hexdigest()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_sha256"] == changed

@@ -254,4 +254,7 @@ def test_one_step_on_two_devices_equals_one_step_on_one(background) -> None:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "OK" in out
+    # the per-sequence solve statistics reach the host callbacks by an all-gather, not by
+    # XLA's "involuntary full rematerialization" onto one device
+    assert "Involuntary full rematerialization" not in err, err[-3000:]
     assert jax.device_count() == 1  # the test process itself keeps one device
