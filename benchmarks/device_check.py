@@ -44,7 +44,7 @@ that no part can take the others' time:
    and small enough that both models train 300 steps within the part's budget.
 
 4. ``backward`` — the gradient modes at that width: the DEQ train step under ``implicit``,
-   ``phantom``, ``jfb`` and ``unroll`` (step time, peak and temporary memory), then
+   ``phantom``, ``jfb``, ``unroll`` and ``reversible`` (step time, peak and temporary memory), then
    :mod:`benchmarks.backward_modes` (every mode against the float64 exact gradient) on
    ``slow-modes-0.99`` at d = 512, batch 256.
 
@@ -540,7 +540,7 @@ def run_lm(settings: Settings, part: Part) -> None:
 # ---------------------------------------------------------------- 4. backward modes
 
 
-LM_MODES: tuple[str, ...] = ("implicit", "phantom", "jfb", "unroll")
+LM_MODES: tuple[str, ...] = ("implicit", "phantom", "jfb", "unroll", "reversible")
 QUICK_LM_MODES: tuple[str, ...] = ("implicit",)
 
 
