@@ -65,8 +65,8 @@ DEFAULT_LAYERS = (1, 2, 4)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_DEPTHS = (4, 16)
 WIDE_D_MODEL = 128
-"""At width 128 one DEQ block (with the embeddings and readout) has 272,640 parameters, about
-the 279,424 of the two-layer Transformer of width 96."""
+"""The width at which one DEQ block, with its embeddings and readout, has about the parameters
+of the two-layer Transformer at the default width (the table's ``params`` column gives both)."""
 QUICK = dict(d_model=16, num_heads=2, seq_len=16, batch_size=4, steps=3, eval_batches=1,
              warmup=1, layers=[1], seeds=[0], wide_d_model=0, depths=[2], depth_steps=2)
 
