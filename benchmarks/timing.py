@@ -57,6 +57,19 @@ FAST_COMPILE: dict[str, Any] = {
 several times faster for slower programs: for tests and smoke runs (``--quick``), never
 for measurements."""
 
+XLA_DEFAULT_COMPILE: dict[str, Any] = {
+    "xla_backend_optimization_level": 3,
+    "xla_llvm_disable_expensive_passes": False,
+}
+"""XLA's own defaults for the options :data:`FAST_COMPILE` changes: restores them for one
+program in a process whose ``XLA_FLAGS`` ask for fast compilation."""
+
+FAST_COMPILE_XLA_FLAGS: str = " ".join(
+    f"--{name}={str(value).lower()}" for name, value in FAST_COMPILE.items()
+)
+""":data:`FAST_COMPILE` as ``XLA_FLAGS`` entries, for a whole process (read when JAX starts
+its backend): the test suite and the subprocesses its tests start."""
+
 
 def compile_fn(
     fn: Callable[..., Any], *args: Any, compiler_options: Optional[Mapping[str, Any]] = None

@@ -66,19 +66,19 @@ def check(name: str, layer, rtol: float, **kwargs) -> None:
     report.assert_close(rtol)
 
 
-@settings(deadline=None, max_examples=examples(8))
+@settings(deadline=None, max_examples=examples(5))
 @given(contractive_layers(dims=DIMS, batch_sizes=BATCHES, dtype=np.float64))
 def test_float64_implicit_gradients(layer):
     check("float64 array states, broyden", layer, 1e-6)
 
 
-@settings(deadline=None, max_examples=examples(8))
+@settings(deadline=None, max_examples=examples(5))
 @given(contractive_layers(dims=DIMS, batch_sizes=BATCHES, dtype=np.float32))
 def test_float32_implicit_gradients(layer):
     check("float32 array states, broyden", layer, 1e-3)
 
 
-@settings(deadline=None, max_examples=examples(4))
+@settings(deadline=None, max_examples=examples(3))
 @given(contractive_layers(dims=(2,), pytree_kinds=("dict", "nested") if THOROUGH else ("nested",),
                           batch_sizes=(None, 2) if THOROUGH else (2,)))
 def test_float64_pytree_states_with_gmres(layer):

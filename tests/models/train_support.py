@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.timing import FAST_COMPILE as FAST
+from benchmarks.timing import FAST_COMPILE_XLA_FLAGS as FAST_XLA_FLAGS
 from models.config import TrainConfig
 from models.metrics import TIMING_KEYS
 from models.train import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 TINY: dict[str, Any] = dict(
     model="unrolled",
