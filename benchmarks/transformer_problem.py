@@ -1,10 +1,10 @@
 """The DEQ-Transformer block of :mod:`models` as a benchmark problem.
 
-The problem is the model's weight-tied input-injection block ``z ↦ f(z, x, mask)``
-(``models.transformer.InjectionBlock``) with the model's own parameters, at
-initialisation (``TrainConfig()`` defaults and seed) or loaded from a training
-checkpoint, and the injection ``x = E[tokens] + P`` of byte windows of the model's
-default corpus. The state of one sample is ``(seq_len, d_model)``; the block's
+The problem is the model's weight-tied block ``z ↦ f(z, x, mask)``
+(``models.transformer.DEQBlock``, in the form the configuration selects) with the model's
+own parameters, at initialisation (``TrainConfig()`` defaults and seed) or loaded from a
+training checkpoint, and the injection ``x = E[tokens] + P`` of byte windows of the
+model's default corpus. The state of one sample is ``(seq_len, d_model)``; the block's
 parameters and ``x`` are differentiated.
 
 Everything here goes through the public pieces of :mod:`models` (config, model,
@@ -57,7 +57,7 @@ def build(batch: int, seed: int = 0, checkpoint: Optional[str] = None) -> Proble
         import haiku as hk
 
         from models.data import VOCAB_SIZE, load_corpus
-        from models.transformer import DEQTransformerLM, InjectionBlock
+        from models.transformer import DEQBlock, DEQTransformerLM
     except Exception as err:  # noqa: BLE001 — a package in progress may fail in many ways
         raise ProblemUnavailable(f"models is not usable here ({type(err).__name__}: {err})") from None
     try:
@@ -72,7 +72,7 @@ def build(batch: int, seed: int = 0, checkpoint: Optional[str] = None) -> Proble
     if not block_params:
         raise ProblemUnavailable(f"no parameters under {PREFIX!r} in the model's parameter tree")
     block = hk.without_apply_rng(hk.transform(
-        lambda z, x, mask: InjectionBlock(block_config, name="block")(z, x, mask)))
+        lambda z, x, mask: DEQBlock(block_config, name="block")(z, x, mask)))
     embed = hk.without_apply_rng(hk.transform(
         lambda tokens: DEQTransformerLM(
             VOCAB_SIZE, block_config, max_seq_len=config.seq_len, embed_std=config.embed_std,
