@@ -73,8 +73,8 @@ its backend): the training processes the tests start, which must reproduce each 
 
 OLDER_CPU_EMITTERS_XLA_FLAG: str = "--xla_cpu_use_fusion_emitters=false"
 """The ``XLA_FLAGS`` entry that has XLA:CPU emit fusions with its older elemental emitters,
-which compile a DEQ train step about 1.8× faster than its MLIR fusion emitters
-(``python -m benchmarks.memory_breakdown --quick``: 30 s → 17 s of CPU). The test suite's
+which compile a DEQ train step faster than its MLIR fusion emitters (time
+``python -m benchmarks.memory_breakdown --quick`` with and without it). The test suite's
 own process uses it; with it, two training processes that differ only in
 ``PYTHONHASHSEED`` disagreed in the last bits of a residual, so the processes whose runs
 must match bit for bit do without it."""

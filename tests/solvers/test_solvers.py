@@ -79,7 +79,6 @@ def measured_residual(z, fz) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.cache
 def batched_solver(name: str, **options):
     """One jitted batch solve per solver and options, shared by tests to reuse compilations."""
     solve = solvers.get(name, batch_axis=0, tol=TOL, max_iter=200, **options)
